@@ -1,0 +1,219 @@
+"""Strict pydantic models for a partner feed YAML, and the loader that reads them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batchbridge.errors import ConfigError, FeedNotFoundError
+
+SECRET_REF_PATTERN = re.compile(r"^(env|file|prefect-secret):\S+$")
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+
+SecretRef = Annotated[
+    str,
+    Field(
+        pattern=SECRET_REF_PATTERN.pattern,
+        description="A reference to a secret: env:NAME, file:PATH or prefect-secret:NAME.",
+    ),
+]
+
+
+class StrictModel(BaseModel):
+    """Base for config models: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SftpSourceConfig(StrictModel):
+    """Where a partner drops files, and how we trust and read that server."""
+
+    kind: Literal["sftp"] = "sftp"
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    username: str
+    remote_dir: str
+    glob: str
+    host_keys: list[str] = Field(
+        min_length=1,
+        description="Pinned OpenSSH public host keys ('ssh-ed25519 AAAA…'); others are refused.",
+    )
+    private_key: SecretRef
+    private_key_passphrase: SecretRef | None = None
+    stable_seconds: float = Field(5.0, ge=0, description="Pause between the two listings.")
+    min_age_seconds: float = Field(60.0, ge=0, description="A file must be at least this old.")
+    processed_dir: str | None = Field(None, description="Move fetched files here after success.")
+    connect_timeout_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+
+
+class LocalSourceConfig(StrictModel):
+    """A local folder standing in for a partner's server (tests and dry runs)."""
+
+    kind: Literal["local"] = "local"
+    path: Path
+    glob: str
+    stable_seconds: float = Field(0.0, ge=0)
+    min_age_seconds: float = Field(0.0, ge=0)
+    processed_dir: Path | None = None
+
+
+SourceConfig = Annotated[SftpSourceConfig | LocalSourceConfig, Field(discriminator="kind")]
+
+
+class PgpConfig(StrictModel):
+    """Our decryption key and the partner's pinned signing keys."""
+
+    engine: Literal["gnupg", "pgpy"] = "gnupg"
+    private_key: SecretRef
+    passphrase: SecretRef | None = None
+    partner_public_keys: list[SecretRef] = Field(min_length=1)
+    max_plaintext_bytes: int = Field(4 * 1024**3, gt=0)
+    max_compression_ratio: float = Field(200.0, gt=1)
+    key_expiry_warning_days: int = Field(30, ge=0)
+
+
+class FormatConfig(StrictModel):
+    """How the plaintext is laid out."""
+
+    kind: Literal["delimited"] = "delimited"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: Literal["utf-8", "latin-1"] = "utf-8"
+    quoting: Literal["rfc4180", "none"] = "rfc4180"
+    header: bool = True
+    trailer_prefix: str | None = Field(
+        "TRAILER", description="First field of an optional last record '<prefix>,<count>'."
+    )
+
+
+class PostgresTargetConfig(StrictModel):
+    """A PostgreSQL warehouse table loaded by COPY + upsert."""
+
+    kind: Literal["postgres"] = "postgres"
+    name: str = Field(pattern=NAME_PATTERN)
+    url: SecretRef
+    table: str = Field(pattern=NAME_PATTERN)
+    db_schema: str = Field("public", pattern=NAME_PATTERN)
+    columns: list[str] = Field(min_length=1)
+    max_attempts: int = Field(5, ge=1, le=10)
+
+
+class SqliteTargetConfig(StrictModel):
+    """A SQLite table: the embedded default target."""
+
+    kind: Literal["sqlite"] = "sqlite"
+    name: str = Field(pattern=NAME_PATTERN)
+    path: Path
+    table: str = Field(pattern=NAME_PATTERN)
+    columns: list[str] = Field(min_length=1)
+
+
+TargetConfig = Annotated[
+    PostgresTargetConfig | SqliteTargetConfig, Field(discriminator="kind")
+]
+
+
+class ScheduleConfig(StrictModel):
+    """When the nightly run starts, in the feed's time zone."""
+
+    cron: str
+    timezone: str = "UTC"
+
+
+class FeedConfig(StrictModel):
+    """One partner feed: everything needed to run it, secrets by reference only."""
+
+    feed: str = Field(pattern=NAME_PATTERN)
+    tenant: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    schema_name: str = Field(alias="schema", pattern=NAME_PATTERN)
+    timezone: str = Field("UTC", description="Zone of naive timestamps in the partner's files.")
+    source: SourceConfig
+    pgp: PgpConfig
+    format: FormatConfig = FormatConfig()
+    mappings: dict[str, Path] = Field(default_factory=dict)
+    pseudonym_key: SecretRef
+    quarantine_key: SecretRef
+    targets: list[TargetConfig] = Field(min_length=1)
+    schedule: ScheduleConfig | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_target_names(cls, value: list[TargetConfig]) -> list[TargetConfig]:
+        names = [target.name for target in value]
+        if len(names) != len(set(names)):
+            raise ValueError("target names must be unique within a feed")
+        return value
+
+
+class LoadedFeed(BaseModel):
+    """A validated feed plus the folder its relative paths are resolved against."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    config: FeedConfig
+    path: Path
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths (mappings, file: secrets) start from."""
+        return self.path.parent
+
+    def resolve_path(self, path: Path) -> Path:
+        """Resolve a path written in the YAML relative to the YAML's own folder."""
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+
+def feed_path(feed: str, config_dir: Path) -> Path:
+    """Where the YAML of `feed` lives in `config_dir`."""
+    return config_dir / f"{feed}.yaml"
+
+
+def load_feed(feed: str, config_dir: Path) -> LoadedFeed:
+    """Read and validate `config_dir/<feed>.yaml`; errors name the key, never a value."""
+    path = feed_path(feed, config_dir)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml"))) or "none"
+        raise FeedNotFoundError(f"no feed {feed!r} in {config_dir} (known feeds: {known})")
+    return load_feed_file(path)
+
+
+def load_feed_file(path: Path) -> LoadedFeed:
+    """Validate one feed YAML file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name}: expected a mapping at the top level")
+    try:
+        config = FeedConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path.name}: {problems}") from None
+    if config.feed != path.stem:
+        raise ConfigError(f"{path.name}: feed name {config.feed!r} must match the file name")
+    return LoadedFeed(config=config, path=path.resolve())
+
+
+def list_feeds(config_dir: Path) -> list[str]:
+    """Names of every feed YAML in `config_dir`."""
+    return sorted(p.stem for p in config_dir.glob("*.yaml"))

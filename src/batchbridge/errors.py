@@ -1,0 +1,160 @@
+"""Every error batchbridge raises on purpose, in one tree.
+
+Messages carry counts, row numbers, column and rule names, file names and ids,
+never patient values: they end up in logs, Prefect states and alerts.
+
+    BatchbridgeError                 exit 1
+    ├── ConfigError                  exit 2   a feed file or setting is wrong
+    │   ├── FeedNotFoundError                 no such feed YAML
+    │   └── SecretNotFoundError               a secret reference resolves to nothing
+    ├── SourceError                  exit 3   the partner's server or a remote file
+    │   ├── HostKeyError                      host key unknown or changed (pinning)
+    │   ├── UnsafeRemoteNameError             traversal, separators, control chars, symlinks
+    │   ├── TransientSourceError              connection dropped; worth a bounded retry
+    │   └── IncompleteDownloadError           local size differs from the remote size
+    ├── DecryptError                 exit 4   the OpenPGP message cannot be trusted
+    │   ├── SignatureError                    unsigned, other signer, revoked/expired key
+    │   ├── IntegrityError                    no MDC, tampered, truncated ciphertext
+    │   └── PlaintextLimitError               plaintext size or compression ratio cap hit
+    ├── FileRejectedError            exit 5   the plaintext is not a file we accept
+    │   ├── MalformedFileError                encoding, quoting, ragged rows, empty input
+    │   ├── SchemaDriftError                  missing or unknown columns
+    │   └── TrailerMismatchError              trailer/header count differs from rows read
+    ├── TargetError                  exit 6   a target refused or failed a load
+    │   └── TransientTargetError              connection lost / serialization failure
+    └── ReconciliationError          exit 7   counts do not balance
+"""
+
+from __future__ import annotations
+
+
+class BatchbridgeError(Exception):
+    """Base of every deliberate batchbridge error; `reason` is a stable machine code."""
+
+    exit_code = 1
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(BatchbridgeError):
+    """Raised when a feed YAML or setting is invalid (unknown key, bad value)."""
+
+    exit_code = 2
+    reason = "config_invalid"
+
+
+class FeedNotFoundError(ConfigError):
+    """Raised when no feed YAML exists for the requested feed name."""
+
+    reason = "feed_not_found"
+
+
+class SecretNotFoundError(ConfigError):
+    """Raised when a secret reference (env:, file:, prefect-secret:) resolves to nothing."""
+
+    reason = "secret_missing"
+
+
+class SourceError(BatchbridgeError):
+    """Raised when the partner's server or a remote file cannot be used."""
+
+    exit_code = 3
+    reason = "source_failed"
+
+
+class HostKeyError(SourceError):
+    """Raised when the server's host key is not one pinned for the feed."""
+
+    reason = "host_key_mismatch"
+
+
+class UnsafeRemoteNameError(SourceError):
+    """Raised when a remote entry has a traversal/separator/control-char name or is a link."""
+
+    reason = "unsafe_remote_name"
+
+
+class TransientSourceError(SourceError):
+    """Raised when the connection dropped or timed out; a bounded retry may succeed."""
+
+    reason = "source_transient"
+
+
+class IncompleteDownloadError(SourceError):
+    """Raised when the downloaded size differs from the size the server listed."""
+
+    reason = "incomplete_download"
+
+
+class DecryptError(BatchbridgeError):
+    """Raised when an OpenPGP message cannot be decrypted and trusted."""
+
+    exit_code = 4
+    reason = "decrypt_failed"
+
+
+class SignatureError(DecryptError):
+    """Raised when the message is unsigned or not signed by a valid pinned partner key."""
+
+    reason = "signature_invalid"
+
+
+class IntegrityError(DecryptError):
+    """Raised when the message lacks integrity protection (MDC) or fails it."""
+
+    reason = "integrity_failed"
+
+
+class PlaintextLimitError(DecryptError):
+    """Raised when plaintext size or compression ratio exceeds the feed's caps."""
+
+    reason = "plaintext_limit"
+
+
+class FileRejectedError(BatchbridgeError):
+    """Raised when a decrypted file fails whole: nothing from it is loaded."""
+
+    exit_code = 5
+    reason = "file_rejected"
+
+
+class MalformedFileError(FileRejectedError):
+    """Raised when the plaintext cannot be parsed (encoding, quoting, ragged rows)."""
+
+    reason = "malformed_file"
+
+
+class SchemaDriftError(FileRejectedError):
+    """Raised when the header's columns differ from the schema's (missing or unknown)."""
+
+    reason = "schema_drift"
+
+
+class TrailerMismatchError(FileRejectedError):
+    """Raised when a trailer/header record count differs from the data rows read."""
+
+    reason = "trailer_mismatch"
+
+
+class TargetError(BatchbridgeError):
+    """Raised when a target fails or refuses a load."""
+
+    exit_code = 6
+    reason = "target_failed"
+
+
+class TransientTargetError(TargetError):
+    """Raised for connection loss or serialization failures; retried with backoff."""
+
+    reason = "target_transient"
+
+
+class ReconciliationError(BatchbridgeError):
+    """Raised when a file's counts do not balance; the file is not marked done."""
+
+    exit_code = 7
+    reason = "counts_unbalanced"

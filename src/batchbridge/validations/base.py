@@ -1,0 +1,80 @@
+"""What a feed schema module provides: columns, key, row validation and transform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Protocol
+
+import polars as pl
+
+ROW_COLUMN = "_row"
+"""1-based number of the data record in the file (header and trailer not counted)."""
+
+REASONS_COLUMN = "_reasons"
+"""List of 'column:rule' strings explaining why a row is quarantined (never values)."""
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """Every data record of a file as strings, plus the count a trailer/header declared."""
+
+    frame: pl.DataFrame
+    declared_count: int | None
+
+    @property
+    def rows_read(self) -> int:
+        return self.frame.height
+
+
+@dataclass(frozen=True)
+class ValidationContext:
+    """Facts row rules need beyond the row itself."""
+
+    tenant: str
+    file_date: date
+    timezone: str
+    mappings: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Split of a parsed file: valid rows, and quarantined rows with their reasons.
+
+    Both keep the file's columns and ROW_COLUMN; `quarantined` adds REASONS_COLUMN.
+    valid.height + quarantined.height == rows parsed.
+    """
+
+    valid: pl.DataFrame
+    quarantined: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class TransformContext:
+    """Facts the transform needs: tenant, time zone, mappings and the pseudonym key."""
+
+    tenant: str
+    timezone: str
+    mappings: dict[str, pl.DataFrame]
+    pseudonym_key: bytes
+
+    def __repr__(self) -> str:
+        return f"TransformContext(tenant={self.tenant!r}, timezone={self.timezone!r})"
+
+
+class FeedSchema(Protocol):
+    """One feed kind (lab_results, patient_roster…): the only code a new kind needs."""
+
+    name: str
+    columns: tuple[str, ...]
+    natural_key: tuple[str, ...]
+    output_columns: tuple[str, ...]
+    required_mappings: tuple[str, ...]
+
+    def validate(self, frame: pl.DataFrame, ctx: ValidationContext) -> ValidationResult:
+        """Apply every row rule (including mapping lookups); never raises for a bad row."""
+        ...
+
+    def transform(self, valid: pl.DataFrame, ctx: TransformContext) -> pl.DataFrame:
+        """Map valid rows to the target shape: natural key + output_columns + ROW_COLUMN."""
+        ...
