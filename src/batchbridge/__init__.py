@@ -1,0 +1,1 @@
+"""batchbridge: nightly healthcare batch files from SFTP to loaded, reconciled, audited results."""

@@ -1,0 +1,7 @@
+"""Shared pytest setup: fixture plugins for real sshd, PostgreSQL and gpg."""
+
+pytest_plugins = [
+    "tests.plugins.sshd",
+    "tests.plugins.postgres",
+    "tests.plugins.gpg",
+]

@@ -1,0 +1,1 @@
+"""pytest fixtures: gpg (placeholder until filled)."""

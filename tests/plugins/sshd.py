@@ -1,0 +1,1 @@
+"""pytest fixtures: sshd (placeholder until filled)."""
