@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.sshd",
     "tests.plugins.postgres",
     "tests.plugins.gpg",
+    "tests.plugins.prefect",
 ]

@@ -113,9 +113,7 @@ class SqliteTargetConfig(StrictModel):
     columns: list[str] = Field(min_length=1)
 
 
-TargetConfig = Annotated[
-    PostgresTargetConfig | SqliteTargetConfig, Field(discriminator="kind")
-]
+TargetConfig = Annotated[PostgresTargetConfig | SqliteTargetConfig, Field(discriminator="kind")]
 
 
 class ScheduleConfig(StrictModel):

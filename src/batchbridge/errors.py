@@ -22,7 +22,9 @@ never patient values: they end up in logs, Prefect states and alerts.
     │   └── TrailerMismatchError              trailer/header count differs from rows read
     ├── TargetError                  exit 6   a target refused or failed a load
     │   └── TransientTargetError              connection lost / serialization failure
-    └── ReconciliationError          exit 7   counts do not balance
+    ├── ReconciliationError          exit 7   counts do not balance
+    ├── StageCrashedError            exit 8   an unexpected error inside a stage
+    └── RunFailedError               exit 9   a run finished with failed files (report written)
 """
 
 from __future__ import annotations
@@ -158,3 +160,21 @@ class ReconciliationError(BatchbridgeError):
 
     exit_code = 7
     reason = "counts_unbalanced"
+
+
+class StageCrashedError(BatchbridgeError):
+    """Raised when a stage hit an unexpected error.
+
+    The original message is withheld: library errors (CSV parsers, drivers) quote the
+    data they choked on, and that may be patient data. The class name and stage are kept.
+    """
+
+    exit_code = 8
+    reason = "stage_crashed"
+
+
+class RunFailedError(BatchbridgeError):
+    """Raised at the end of a run in which one or more files failed; the report is written."""
+
+    exit_code = 9
+    reason = "run_failed"

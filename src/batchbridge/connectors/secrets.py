@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import cast
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -17,7 +18,9 @@ def resolve_secret(ref: str, *, base_dir: Path | None = None) -> SecretStr:
     """
     scheme, _, name = ref.partition(":")
     if not name:
-        raise ConfigError(f"secret reference {ref!r} has no name (use env:, file: or prefect-secret:)")
+        raise ConfigError(
+            f"secret reference {ref!r} has no name (use env:, file: or prefect-secret:)"
+        )
     if scheme == "env":
         value = os.environ.get(name)
         if value is None or value == "":
@@ -32,10 +35,14 @@ def resolve_secret(ref: str, *, base_dir: Path | None = None) -> SecretStr:
         except FileNotFoundError:
             raise SecretNotFoundError(f"secret {ref}: file {path} does not exist") from None
         except OSError as exc:
-            raise SecretNotFoundError(f"secret {ref}: cannot read {path} ({exc.strerror})") from None
+            raise SecretNotFoundError(
+                f"secret {ref}: cannot read {path} ({exc.strerror})"
+            ) from None
     if scheme == "prefect-secret":
         return _resolve_prefect_secret(ref, name)
-    raise ConfigError(f"secret reference {ref!r}: unknown scheme {scheme!r} (env, file, prefect-secret)")
+    raise ConfigError(
+        f"secret reference {ref!r}: unknown scheme {scheme!r} (env, file, prefect-secret)"
+    )
 
 
 def _resolve_prefect_secret(ref: str, block_name: str) -> SecretStr:
@@ -43,9 +50,11 @@ def _resolve_prefect_secret(ref: str, block_name: str) -> SecretStr:
     from prefect.blocks.system import Secret
 
     try:
-        block = Secret.load(block_name, _sync=True)  # type: ignore[call-arg]
+        block = cast("Secret[str]", Secret.load(block_name, _sync=True))  # type: ignore[call-arg]
     except ValueError:
-        raise SecretNotFoundError(f"secret {ref}: no Prefect Secret block named {block_name!r}") from None
+        raise SecretNotFoundError(
+            f"secret {ref}: no Prefect Secret block named {block_name!r}"
+        ) from None
     value = block.get()
     if not isinstance(value, str) or not value:
         raise SecretNotFoundError(f"secret {ref}: Prefect Secret block {block_name!r} is empty")

@@ -71,6 +71,11 @@ class FeedSchema(Protocol):
     output_columns: tuple[str, ...]
     required_mappings: tuple[str, ...]
 
+    @property
+    def mapping_columns(self) -> dict[str, tuple[str, ...]]:
+        """Columns each mapping table must have, by mapping name."""
+        ...
+
     def validate(self, frame: pl.DataFrame, ctx: ValidationContext) -> ValidationResult:
         """Apply every row rule (including mapping lookups); never raises for a bad row."""
         ...

@@ -1,0 +1,54 @@
+"""The explicit registry of target kinds: config model in, connected Target out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from batchbridge.config import LoadedFeed, PostgresTargetConfig, SqliteTargetConfig, TargetConfig
+from batchbridge.connectors.secrets import resolve_secret
+from batchbridge.connectors.targets.base import Target
+from batchbridge.connectors.targets.postgres import PostgresTarget
+from batchbridge.connectors.targets.sqlite import SqliteTarget
+from batchbridge.errors import ConfigError
+
+__all__ = ["TARGET_KINDS", "open_target"]
+
+
+def _open_postgres(loaded: LoadedFeed, config: PostgresTargetConfig) -> Target:
+    # The URL holds the password: resolved here, at the point of use, and kept wrapped.
+    url = resolve_secret(config.url, base_dir=loaded.base_dir)
+    return PostgresTarget(
+        name=config.name,
+        url=url,
+        table=config.table,
+        db_schema=config.db_schema,
+        columns=config.columns,
+        max_attempts=config.max_attempts,
+    )
+
+
+def _open_sqlite(loaded: LoadedFeed, config: SqliteTargetConfig) -> Target:
+    return SqliteTarget(
+        name=config.name,
+        path=loaded.resolve_path(config.path),
+        table=config.table,
+        columns=config.columns,
+    )
+
+
+TARGET_KINDS: dict[str, Callable[[LoadedFeed, Any], Target]] = {
+    "postgres": _open_postgres,
+    "sqlite": _open_sqlite,
+}
+"""Target kind (the `kind:` of a feed's target) -> factory taking the feed and that config."""
+
+
+def open_target(loaded: LoadedFeed, target: TargetConfig) -> Target:
+    """Build the Target a feed's target config describes; unknown kinds name the valid ones."""
+    kind = getattr(target, "kind", None)
+    factory = TARGET_KINDS.get(kind) if isinstance(kind, str) else None
+    if factory is None:
+        valid = ", ".join(sorted(TARGET_KINDS))
+        raise ConfigError(f"target {getattr(target, 'name', '?')}: unknown kind {kind!r} ({valid})")
+    return factory(loaded, target)

@@ -1,0 +1,88 @@
+"""The `batchbridge` command line: run a feed, check feeds, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from batchbridge.errors import BatchbridgeError
+
+
+def _quiet_prefect_defaults() -> None:
+    # No telemetry from an air-gapped healthcare network; set before Prefect is imported.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "batchbridge")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="batchbridge",
+        description="Nightly PGP-encrypted partner files from SFTP to loaded, reconciled results.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one feed once (a Prefect flow run)")
+    run.add_argument("feed")
+    run.add_argument("--config-dir", type=Path, default=None, help="folder of feed YAMLs")
+    run.add_argument("--file", dest="files", action="append", help="only this remote file")
+    run.add_argument("--force", action="store_true", help="reprocess files already done")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    feeds = commands.add_parser("feeds", help="inspect feed configurations")
+    feed_commands = feeds.add_subparsers(dest="feeds_command", required=True)
+    check = feed_commands.add_parser("check", help="validate a feed without running it")
+    check.add_argument("feed")
+    check.add_argument("--config-dir", type=Path, default=None)
+    listing = feed_commands.add_parser("list", help="list feeds")
+    listing.add_argument("--config-dir", type=Path, default=None)
+
+    demo = commands.add_parser("demo", help="end-to-end demo on embedded defaults")
+    demo.add_argument("--rows", type=int, default=2000)
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit codes follow the error tree in batchbridge.errors."""
+    _quiet_prefect_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            from batchbridge.flows.commands import run_command
+
+            return run_command(
+                args.feed,
+                config_dir=args.config_dir,
+                files=args.files,
+                force=args.force,
+                as_json=args.json,
+            )
+        if args.command == "feeds":
+            from batchbridge.flows.commands import check_feed_command, list_feeds_command
+
+            if args.feeds_command == "check":
+                return check_feed_command(args.feed, config_dir=args.config_dir)
+            return list_feeds_command(config_dir=args.config_dir)
+        if args.command == "demo":
+            from batchbridge.flows.demo import run_demo
+
+            return run_demo(rows=args.rows, workdir=args.workdir, as_json=args.json)
+    except BatchbridgeError as exc:
+        print(f"error [{exc.reason}]: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 2
+
+
+def print_json(data: object) -> None:
+    """Stable JSON on stdout."""
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

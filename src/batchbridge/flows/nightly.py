@@ -1,0 +1,365 @@
+"""The nightly feed flow: discover → fetch → decrypt → validate → quarantine → load → reconcile."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from batchbridge.config import LoadedFeed, load_feed
+from batchbridge.connectors.decryptors.base import Decryptor
+from batchbridge.connectors.decryptors.registry import build_decryptor
+from batchbridge.connectors.secrets import resolve_secret
+from batchbridge.connectors.sources.base import RemoteFile, Source
+from batchbridge.connectors.sources.registry import open_source
+from batchbridge.connectors.targets.base import LoadRequest, LoadResult, Target
+from batchbridge.connectors.targets.registry import open_target
+from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
+from batchbridge.ledger.crypto import RowCipher
+from batchbridge.ledger.models import FileState, RunStatus
+from batchbridge.ledger.store import LedgerStore, LoadRecord
+from batchbridge.settings import Settings, load_settings
+from batchbridge.tasks.decrypt import decrypt_file
+from batchbridge.tasks.discover import list_ready_files, select_files
+from batchbridge.tasks.fetch import fetch_file
+from batchbridge.tasks.load import load_target
+from batchbridge.tasks.quarantine import count_reasons, encrypt_quarantined_rows
+from batchbridge.tasks.reconcile import reconcile_file
+from batchbridge.tasks.report import (
+    FileReport,
+    RunReport,
+    TargetCounts,
+    publish_report_artifact,
+)
+from batchbridge.tasks.transform import select_target_columns, transform_rows
+from batchbridge.tasks.validate import file_date_from_name, validate_file
+from batchbridge.validations.base import FeedSchema, TransformContext, ValidationContext
+from batchbridge.validations.mapping import load_mapping
+from batchbridge.validations.registry import get_schema
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - started, 3)
+
+
+@dataclass
+class FeedRun:
+    """Everything one run of one feed shares across its files."""
+
+    loaded: LoadedFeed
+    settings: Settings
+    store: LedgerStore
+    run_id: str
+    schema: FeedSchema
+    mappings: dict[str, pl.DataFrame]
+    report: RunReport
+    source: Source | None = None
+    decryptor: Decryptor | None = None
+    targets: list[Target] = field(default_factory=list)
+
+    @property
+    def tenant(self) -> str:
+        return self.loaded.config.tenant
+
+    @property
+    def feed(self) -> str:
+        return self.loaded.config.feed
+
+
+def load_feed_mappings(loaded: LoadedFeed, schema: FeedSchema) -> dict[str, pl.DataFrame]:
+    """Every mapping table the schema needs, read from the paths the feed YAML gives."""
+    missing = [m for m in schema.required_mappings if m not in loaded.config.mappings]
+    if missing:
+        raise ConfigError(
+            f"feed {loaded.config.feed}: schema {schema.name} needs mappings {', '.join(missing)}"
+        )
+    return {
+        name: load_mapping(loaded.resolve_path(path), schema.mapping_columns.get(name, ()))
+        for name, path in loaded.config.mappings.items()
+    }
+
+
+def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport | None:
+    """Take one file through every stage; a failure is recorded, never raised."""
+    assert run.source is not None and run.decryptor is not None
+    claim = run.store.claim_file(
+        run_id=run.run_id,
+        tenant=run.tenant,
+        feed=run.feed,
+        name=remote.name,
+        size=remote.size,
+        force=force,
+    )
+    if claim is None:
+        run.report.skipped[remote.name] = "already_done"
+        return None
+    config = run.loaded.config
+    report = FileReport(
+        name=remote.name, file_id=claim.file_id, outcome="failed", is_rerun=claim.is_rerun
+    )
+    timings: dict[str, float] = {}
+    stage = "fetch"
+    fetched_path: Path | None = None
+    try:
+        with _timed(timings, "fetch"):
+            fetched = fetch_file(run.source, remote, run.settings.staging_dir)
+        fetched_path = fetched.local_path
+        run.store.advance_file(claim.file_id, FileState.FETCHED, sha256=fetched.sha256)
+
+        stage = "decrypt"
+        with _timed(timings, "decrypt"):
+            plaintext = decrypt_file(run.decryptor, fetched)
+        run.store.advance_file(
+            claim.file_id, FileState.VERIFIED, signer_fingerprint=plaintext.signer_fingerprint
+        )
+
+        stage = "validate"
+        zone = ZoneInfo(config.timezone)
+        file_date = file_date_from_name(remote.name, datetime.now(zone).date())
+        vctx = ValidationContext(
+            tenant=run.tenant, file_date=file_date, timezone=config.timezone, mappings=run.mappings
+        )
+        with _timed(timings, "validate"):
+            validated = validate_file(plaintext.data, config.format, run.schema, vctx)
+        del plaintext  # the bytes are patient data: drop them as soon as they are parsed
+        result = validated.result
+        report.rows_read = validated.rows_read
+        report.rows_declared = validated.rows_declared
+        report.rows_valid = result.valid.height
+        report.rows_quarantined = result.quarantined.height
+        report.quarantine_reasons = count_reasons(result.quarantined)
+
+        stage = "quarantine"
+        with _timed(timings, "quarantine"):
+            cipher = RowCipher(resolve_secret(config.quarantine_key, base_dir=run.loaded.base_dir))
+            entries = encrypt_quarantined_rows(
+                result.quarantined, columns=run.schema.columns, cipher=cipher, file_id=claim.file_id
+            )
+            run.store.save_quarantine(
+                tenant=run.tenant,
+                feed=run.feed,
+                file_id=claim.file_id,
+                run_id=run.run_id,
+                entries=entries,
+            )
+        run.store.advance_file(
+            claim.file_id,
+            FileState.VALIDATED,
+            rows_read=validated.rows_read,
+            rows_declared=validated.rows_declared,
+            rows_valid=result.valid.height,
+            rows_quarantined=result.quarantined.height,
+        )
+
+        stage = "transform"
+        tctx = TransformContext(
+            tenant=run.tenant,
+            timezone=config.timezone,
+            mappings=run.mappings,
+            pseudonym_key=resolve_secret(config.pseudonym_key, base_dir=run.loaded.base_dir)
+            .get_secret_value()
+            .encode(),
+        )
+        with _timed(timings, "transform"):
+            rows = transform_rows(result.valid, run.schema, tctx)
+
+        stage = "load"
+        loads: list[LoadResult] = []
+        for target, target_config in zip(run.targets, config.targets, strict=True):
+            request = LoadRequest(
+                tenant=run.tenant,
+                natural_key=run.schema.natural_key,
+                load_id=str(uuid.uuid4()),
+                file_id=claim.file_id,
+                rows=select_target_columns(
+                    rows, natural_key=run.schema.natural_key, columns=target_config.columns
+                ),
+            )
+            started = time.perf_counter()
+            with _timed(timings, "load"):
+                loaded_result = load_target(target, request)
+            loads.append(loaded_result)
+            run.store.record_load(
+                run_id=run.run_id,
+                file_id=claim.file_id,
+                load=LoadRecord(
+                    target=loaded_result.target,
+                    load_id=loaded_result.load_id,
+                    rows_sent=request.rows.height,
+                    rows_inserted=loaded_result.rows_inserted,
+                    rows_updated=loaded_result.rows_updated,
+                    rows_unchanged=loaded_result.rows_unchanged,
+                    rows_rejected=loaded_result.rows_rejected,
+                    rows_confirmed=loaded_result.rows_confirmed,
+                    seconds=round(time.perf_counter() - started, 3),
+                ),
+            )
+            report.targets[loaded_result.target] = TargetCounts(
+                sent=request.rows.height,
+                inserted=loaded_result.rows_inserted,
+                updated=loaded_result.rows_updated,
+                unchanged=loaded_result.rows_unchanged,
+                rejected=loaded_result.rows_rejected,
+                confirmed=loaded_result.rows_confirmed,
+            )
+        run.store.advance_file(claim.file_id, FileState.LOADED)
+
+        stage = "reconcile"
+        report.balanced = False
+        reconcile_file(
+            rows_read=validated.rows_read,
+            rows_declared=validated.rows_declared,
+            rows_valid=result.valid.height,
+            rows_quarantined=result.quarantined.height,
+            loads=loads,
+        )
+        report.balanced = True
+        run.store.advance_file(claim.file_id, FileState.RECONCILED)
+
+        stage = "archive"
+        with _timed(timings, "archive"):
+            run.source.mark_processed(remote)
+        report.outcome = "reconciled"
+    except BatchbridgeError as exc:
+        report.failed_stage = stage
+        report.reason = exc.reason
+        report.message = str(exc)
+        run.store.fail_file(claim.file_id, stage=stage, reason=exc.reason, message=str(exc))
+    finally:
+        if fetched_path is not None:
+            fetched_path.unlink(missing_ok=True)
+        report.stage_seconds = timings
+        run.store.record_run_file(
+            run_id=run.run_id,
+            file_id=claim.file_id,
+            outcome=report.outcome,
+            is_rerun=claim.is_rerun,
+            stage_seconds=timings,
+        )
+    return report
+
+
+def run_feed(
+    loaded: LoadedFeed,
+    settings: Settings,
+    *,
+    files: list[str] | None = None,
+    force: bool = False,
+    flow_run_id: str | None = None,
+) -> RunReport:
+    """Run one feed once and return its report (also stored in the ledger)."""
+    store = LedgerStore.from_url(settings.database_url)
+    config = loaded.config
+    is_rerun = bool(files) or force
+    run_id = store.start_run(
+        tenant=config.tenant, feed=config.feed, flow_run_id=flow_run_id, is_rerun=is_rerun
+    )
+    started = time.perf_counter()
+    report = RunReport(
+        run_id=run_id,
+        tenant=config.tenant,
+        feed=config.feed,
+        is_rerun=is_rerun,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    stage = "setup"
+    try:
+        with ExitStack() as stack:
+            schema = get_schema(config.schema_name)
+            run = FeedRun(
+                loaded=loaded,
+                settings=settings,
+                store=store,
+                run_id=run_id,
+                schema=schema,
+                mappings=load_feed_mappings(loaded, schema),
+                report=report,
+            )
+            run.decryptor = build_decryptor(loaded)
+            for target_config in config.targets:
+                target = open_target(loaded, target_config)
+                stack.callback(target.close)
+                run.targets.append(target)
+            stage = "discover"
+            source = open_source(loaded)
+            stack.callback(source.close)
+            run.source = source
+            ready = list_ready_files(source)
+            done = {
+                r.name: store.is_done(
+                    tenant=config.tenant, feed=config.feed, name=r.name, size=r.size
+                )
+                for r in ready
+            }
+            discovery = select_files(ready, is_done=done, requested=files, force=force)
+            report.skipped.update(discovery.skipped)
+            stage = "files"
+            for remote in discovery.to_process:
+                file_report = process_file(run, remote, force=force)
+                if file_report is not None:
+                    report.files.append(file_report)
+    except BatchbridgeError as exc:
+        report.error = {"stage": stage, "reason": exc.reason, "message": str(exc)}
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+    failed = bool(report.failed_files) or report.error is not None
+    report.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    store.finish_run(run_id, status=RunStatus(report.status), report=report.to_dict())
+    store.engine.dispose()
+    return report
+
+
+@flow(name="nightly-feed", flow_run_name="{feed}", log_prints=False, persist_result=False)
+def nightly_feed(
+    feed: str,
+    config_dir: str | None = None,
+    files: list[str] | None = None,
+    force: bool = False,
+) -> dict[str, object]:
+    """Run a partner feed once; fails (after writing the report) when any file failed.
+
+    Parameters are names only: feed, config folder, remote file names, force.
+    """
+    log = get_run_logger()
+    settings = load_settings(config_dir)
+    loaded = load_feed(feed, settings.config_dir)
+    report = run_feed(loaded, settings, files=files, force=force, flow_run_id=flow_run.id)
+    publish_report_artifact(report)
+    for file_report in report.files:
+        log.info(
+            "%s: %s (read %s, valid %s, quarantined %s%s)",
+            file_report.name,
+            file_report.outcome,
+            file_report.rows_read,
+            file_report.rows_valid,
+            file_report.rows_quarantined,
+            f", failed at {file_report.failed_stage}: {file_report.reason}"
+            if file_report.outcome == "failed"
+            else "",
+        )
+    if report.status == RunStatus.FAILED:
+        failed = [f.name for f in report.failed_files]
+        detail = (
+            f"{len(failed)} file(s) failed: {', '.join(failed)}"
+            if failed
+            else f"run failed at {report.error['stage'] if report.error else '?'}"
+        )
+        raise RunFailedError(f"feed {feed} run {report.run_id}: {detail}")
+    return {"run_id": report.run_id, "status": report.status, **report.totals()}

@@ -1,0 +1,78 @@
+"""Authenticated encryption (AES-GCM) of quarantined rows, with a key id per row."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import SecretStr
+
+from batchbridge.errors import BatchbridgeError
+
+_HKDF_INFO = b"batchbridge quarantine row v1"
+
+
+class QuarantineDecryptError(BatchbridgeError):
+    """Raised when a quarantined row cannot be decrypted (wrong key, row or tampering)."""
+
+    reason = "quarantine_decrypt_failed"
+
+
+@dataclass(frozen=True)
+class EncryptedRow:
+    """Ciphertext of one row and what is needed to open it again."""
+
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+
+
+def row_associated_data(file_id: str, row_number: int) -> bytes:
+    """Bind a ciphertext to its file and row: swapping ciphertexts between rows fails."""
+    return f"{file_id}:{row_number}".encode()
+
+
+class RowCipher:
+    """Encrypts raw rows with a key derived from a secret; the key id names that secret."""
+
+    def __init__(self, secret: SecretStr) -> None:
+        material = secret.get_secret_value().strip().encode()
+        if len(material) < 16:
+            raise BatchbridgeError(
+                "quarantine key secret is too short (need at least 16 characters)",
+                reason="quarantine_key_weak",
+            )
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(
+            material
+        )
+        self._aead = AESGCM(key)
+        self.key_id = hashlib.sha256(key).hexdigest()[:16]
+
+    def encrypt(self, row: dict[str, str | None], associated_data: bytes) -> EncryptedRow:
+        """Encrypt one row (column -> raw string) under a fresh 96-bit nonce."""
+        nonce = os.urandom(12)
+        plaintext = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+        return EncryptedRow(
+            self.key_id, nonce, self._aead.encrypt(nonce, plaintext, associated_data)
+        )
+
+    def decrypt(self, encrypted: EncryptedRow, associated_data: bytes) -> dict[str, str | None]:
+        """Open a row; a wrong key, row binding or tampered ciphertext raises."""
+        if encrypted.key_id != self.key_id:
+            raise QuarantineDecryptError(
+                f"row was encrypted with key {encrypted.key_id}, this key is {self.key_id}"
+            )
+        try:
+            plaintext = self._aead.decrypt(encrypted.nonce, encrypted.ciphertext, associated_data)
+        except InvalidTag:
+            raise QuarantineDecryptError(
+                "quarantined row failed authentication (tampered, or bound to another row)"
+            ) from None
+        row: dict[str, str | None] = json.loads(plaintext)
+        return row

@@ -1,0 +1,231 @@
+"""End to end: gpg-made files on a real sshd, through the Prefect flow, into real PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batchbridge.testing.gpg import flip_bit
+from batchbridge.testing.lab_data import expected_quarantined, generate_lab_rows, render_lab_csv
+from batchbridge.testing.scenario import (
+    LabFeedScenario,
+    SftpEndpoint,
+    build_lab_scenario,
+    lab_file_name,
+    postgres_target,
+)
+from batchbridge.testing.sshd import SshdServer
+from tests.integration.flow_helpers import run_flow, target_rows, without_lineage
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+FILE_DATE = date(2026, 11, 20)
+BAD_ROWS = {"bad_npi": 2, "unmapped_code": 2, "bad_dob": 1, "duplicate_id": 1}
+
+
+@pytest.fixture
+def scenario(
+    tmp_path: Path,
+    sshd_server: SshdServer,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[LabFeedScenario]:
+    drop_dir = sshd_server.root / f"drop-{secrets.token_hex(4)}"
+    endpoint = SftpEndpoint(
+        host=sshd_server.host,
+        port=sshd_server.port,
+        username=sshd_server.username,
+        host_key_line=sshd_server.host_key_line,
+        client_private_key=sshd_server.client_private_key,
+        remote_dir=str(drop_dir),
+        drop_dir=drop_dir,
+    )
+    monkeypatch.setenv("BB_TEST_WAREHOUSE_URL", postgres_url)
+    # The ledger on PostgreSQL too: the production configuration.
+    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
+    built = build_lab_scenario(
+        tmp_path / "feed", endpoint, targets=[postgres_target("BB_TEST_WAREHOUSE_URL")]
+    )
+    yield built
+    built.close()
+
+
+def _rows(n: int = 40, **kwargs: object) -> pl.DataFrame:
+    return generate_lab_rows(n, seed=11, file_date=FILE_DATE, **kwargs)  # type: ignore[arg-type]
+
+
+def test_good_file_loads_and_balances(scenario: LabFeedScenario, postgres_url: str) -> None:
+    frame = _rows(60, bad_rows=BAD_ROWS)
+    name = lab_file_name(FILE_DATE)
+    scenario.drop_file(name, frame)
+
+    report = run_flow(scenario)
+
+    assert report.status == "succeeded", report.to_dict()
+    (file_report,) = report.files
+    quarantined = expected_quarantined(BAD_ROWS)
+    assert file_report.outcome == "reconciled" and file_report.balanced
+    assert file_report.rows_read == 60 == file_report.rows_declared
+    assert file_report.rows_quarantined == quarantined
+    assert file_report.rows_valid == 60 - quarantined
+    assert file_report.quarantine_reasons["local_test_code:unmapped_code"] == 2
+    assert file_report.targets["warehouse"].inserted == 60 - quarantined
+    rows = target_rows(postgres_url)
+    assert len(rows) == 60 - quarantined
+    first = next(iter(rows.values()))
+    assert "patient_last_name" not in first and "patient_mrn" not in first  # minimization
+    assert len(first["patient_key"]) == 64
+
+
+def test_same_file_twice_leaves_target_unchanged(
+    scenario: LabFeedScenario, postgres_url: str
+) -> None:
+    scenario.drop_file(lab_file_name(FILE_DATE), _rows(30))
+    assert run_flow(scenario).status == "succeeded"
+    before = target_rows(postgres_url)
+
+    again = run_flow(scenario)
+    assert again.files == [] and list(again.skipped.values()) == ["already_done"]
+
+    forced = run_flow(scenario, force=True)
+    (file_report,) = forced.files
+    assert file_report.is_rerun and file_report.outcome == "reconciled"
+    counts = file_report.targets["warehouse"]
+    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 30)
+    assert target_rows(postgres_url) == before
+
+
+def test_corrected_row_updates_its_row(scenario: LabFeedScenario, postgres_url: str) -> None:
+    frame = _rows(20)
+    scenario.drop_file(lab_file_name(FILE_DATE), frame)
+    assert run_flow(scenario).status == "succeeded"
+    before = target_rows(postgres_url)
+
+    corrected = frame.head(1).with_columns(
+        pl.lit("C").alias("result_status"), pl.lit("corrected").alias("reference_range")
+    )
+    scenario.drop_file(lab_file_name(FILE_DATE, seq=2), corrected)
+    report = run_flow(scenario)
+
+    (file_report,) = report.files
+    assert file_report.targets["warehouse"].updated == 1
+    after = target_rows(postgres_url)
+    record_id = corrected["record_id"][0]
+    assert after[record_id]["result_status"] == "C"
+    assert after[record_id]["reference_range"] == "corrected"
+    others = {k: v for k, v in after.items() if k != record_id}
+    assert without_lineage(others) == without_lineage(
+        {k: v for k, v in before.items() if k != record_id}
+    )
+
+
+def _drop_truncated(scenario: LabFeedScenario, name: str) -> None:
+    data = render_lab_csv(_rows(10))
+    lines = data.splitlines(keepends=True)
+    # The last data row is lost; the trailer still says 10.
+    scenario.drop_file(name, b"".join(lines[:-2] + lines[-1:]))
+
+
+def _drop_other_signer(scenario: LabFeedScenario, name: str) -> None:
+    stranger = scenario.partner.generate_key("Stranger", "stranger@example.org")
+    scenario.drop_file(name, _rows(10), signer_fpr=stranger)
+
+
+def _drop_unsigned(scenario: LabFeedScenario, name: str) -> None:
+    scenario.drop_file(name, _rows(10), signer_fpr=None)
+
+
+def _drop_tampered(scenario: LabFeedScenario, name: str) -> None:
+    path = scenario.drop_file(f"tmp-{name}", _rows(10))
+    flip_bit(path, scenario.endpoint.drop_dir / name)
+    path.unlink()
+
+
+def _drop_schema_drift(scenario: LabFeedScenario, name: str) -> None:
+    scenario.drop_file(name, _rows(10).drop("patient_zip").with_columns(pl.lit("x").alias("extra")))
+
+
+@pytest.mark.parametrize(
+    ("make_file", "stage", "reason"),
+    [
+        (_drop_truncated, "validate", "trailer_mismatch"),
+        (_drop_other_signer, "decrypt", "wrong_signer"),
+        (_drop_unsigned, "decrypt", "unsigned"),
+        (_drop_tampered, "decrypt", None),
+        (_drop_schema_drift, "validate", "schema_drift"),
+    ],
+    ids=["truncated", "other-signer", "unsigned", "tampered", "schema-drift"],
+)
+def test_broken_file_fails_whole_and_loads_nothing(
+    scenario: LabFeedScenario,
+    postgres_url: str,
+    make_file: object,
+    stage: str,
+    reason: str | None,
+) -> None:
+    name = lab_file_name(FILE_DATE)
+    make_file(scenario, name)  # type: ignore[operator]
+
+    report = run_flow(scenario)
+
+    assert report.status == "failed"
+    (file_report,) = report.files
+    assert file_report.outcome == "failed"
+    assert file_report.failed_stage == stage
+    if reason is not None:
+        assert file_report.reason == reason
+    assert file_report.message
+    assert target_rows(postgres_url) == {}
+
+
+def test_one_failing_file_does_not_stop_the_others(
+    scenario: LabFeedScenario, postgres_url: str
+) -> None:
+    _drop_unsigned(scenario, lab_file_name(FILE_DATE, seq=1))
+    scenario.drop_file(lab_file_name(FILE_DATE, seq=2), _rows(15))
+
+    report = run_flow(scenario)
+
+    assert report.status == "failed"
+    outcomes = {f.name: f.outcome for f in report.files}
+    assert outcomes == {
+        lab_file_name(FILE_DATE, seq=1): "failed",
+        lab_file_name(FILE_DATE, seq=2): "reconciled",
+    }
+    assert len(target_rows(postgres_url)) == 15
+
+
+def test_file_still_being_written_is_not_picked_up(
+    scenario: LabFeedScenario, postgres_url: str
+) -> None:
+    text = scenario.feed_path.read_text(encoding="utf-8")
+    scenario.feed_path.write_text(
+        text.replace("min_age_seconds: 0.0", "min_age_seconds: 3600"), encoding="utf-8"
+    )
+    scenario.drop_file(lab_file_name(FILE_DATE), _rows(5))
+
+    report = run_flow(scenario)
+
+    assert report.status == "succeeded"
+    assert report.files == []
+    assert target_rows(postgres_url) == {}
+
+
+# Last in the module: it rotates the module's sshd host key.
+def test_changed_host_key_refuses_to_connect(
+    scenario: LabFeedScenario, sshd_server: SshdServer, postgres_url: str
+) -> None:
+    scenario.drop_file(lab_file_name(FILE_DATE), _rows(5))
+    sshd_server.rotate_host_key()
+
+    report = run_flow(scenario)
+
+    assert report.status == "failed"
+    assert report.error is not None and report.error["reason"] == "host_key_mismatch"
+    assert target_rows(postgres_url) == {}
