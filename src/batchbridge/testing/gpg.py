@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -35,7 +35,6 @@ class GpgKeyring:
 
     home: Path
     gpg_binary: str = "gpg"
-    _closed: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -61,10 +60,10 @@ class GpgKeyring:
         self.close()
 
     def close(self) -> None:
-        """Stop the gpg-agent serving this home (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
+        """Stop the gpg-agent serving this home; harmless when none runs.
+
+        gpg starts a new agent if the keyring is used again: close again after that.
+        """
         gpgconf = _gpgconf_for(self.gpg_binary)
         if gpgconf is not None:
             subprocess.run(
