@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,10 +11,7 @@ from batchbridge.testing.gpg import flip_bit
 from batchbridge.testing.lab_data import expected_quarantined, generate_lab_rows, render_lab_csv
 from batchbridge.testing.scenario import (
     LabFeedScenario,
-    SftpEndpoint,
-    build_lab_scenario,
     lab_file_name,
-    postgres_target,
 )
 from batchbridge.testing.sshd import SshdServer
 from tests.integration.flow_helpers import run_flow, target_rows, without_lineage
@@ -26,34 +20,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 
 FILE_DATE = date(2026, 11, 20)
 BAD_ROWS = {"bad_npi": 2, "unmapped_code": 2, "bad_dob": 1, "duplicate_id": 1}
-
-
-@pytest.fixture
-def scenario(
-    tmp_path: Path,
-    sshd_server: SshdServer,
-    postgres_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[LabFeedScenario]:
-    drop_dir = sshd_server.root / f"drop-{secrets.token_hex(4)}"
-    endpoint = SftpEndpoint(
-        host=sshd_server.host,
-        port=sshd_server.port,
-        username=sshd_server.username,
-        host_key_line=sshd_server.host_key_line,
-        client_private_key=sshd_server.client_private_key,
-        remote_dir=str(drop_dir),
-        drop_dir=drop_dir,
-    )
-    monkeypatch.setenv("BB_TEST_WAREHOUSE_URL", postgres_url)
-    # The ledger on PostgreSQL too: the production configuration.
-    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
-    built = build_lab_scenario(
-        tmp_path / "feed", endpoint, targets=[postgres_target("BB_TEST_WAREHOUSE_URL")]
-    )
-    yield built
-    built.close()
 
 
 def _rows(n: int = 40, **kwargs: object) -> pl.DataFrame:
