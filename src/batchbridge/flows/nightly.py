@@ -96,6 +96,20 @@ def load_feed_mappings(loaded: LoadedFeed, schema: FeedSchema) -> dict[str, pl.D
     }
 
 
+def archive_remote(source: Source, remote: RemoteFile, report: FileReport) -> None:
+    """Move the remote file to the processed folder; a failure here leaves the file done.
+
+    The rows are loaded and reconciled: failing the file now would only make the next
+    run redo (idempotently) work that is complete. The problem is reported instead.
+    """
+    try:
+        source.mark_processed(remote)
+    except BatchbridgeError as exc:
+        report.reason = exc.reason
+        report.message = f"loaded and reconciled, but not moved to the processed folder: {exc}"
+        logger.warning("%s: %s", remote.name, report.message)
+
+
 def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport | None:
     """Take one file through every stage; a failure is recorded, never raised."""
     assert run.source is not None and run.decryptor is not None
@@ -233,10 +247,10 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         report.balanced = True
         run.store.advance_file(claim.file_id, FileState.RECONCILED)
 
+        report.outcome = "reconciled"
         stage = "archive"
         with _timed(timings, "archive"):
-            run.source.mark_processed(remote)
-        report.outcome = "reconciled"
+            archive_remote(run.source, remote, report)
     except BatchbridgeError as exc:
         report.failed_stage = stage
         report.reason = exc.reason
