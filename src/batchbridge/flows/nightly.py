@@ -154,10 +154,12 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             validated = validate_file(plaintext.data, config.format, run.schema, vctx)
         del plaintext  # the bytes are patient data: drop them as soon as they are parsed
         result = validated.result
-        report.rows_read = validated.rows_read
-        report.rows_declared = validated.rows_declared
-        report.rows_valid = result.valid.height
-        report.rows_quarantined = result.quarantined.height
+        rows_read, rows_declared = validated.rows_read, validated.rows_declared
+        rows_valid, rows_quarantined = result.valid.height, result.quarantined.height
+        report.rows_read = rows_read
+        report.rows_declared = rows_declared
+        report.rows_valid = rows_valid
+        report.rows_quarantined = rows_quarantined
         report.quarantine_reasons = count_reasons(result.quarantined)
 
         stage = "quarantine"
@@ -176,10 +178,10 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         run.store.advance_file(
             claim.file_id,
             FileState.VALIDATED,
-            rows_read=validated.rows_read,
-            rows_declared=validated.rows_declared,
-            rows_valid=result.valid.height,
-            rows_quarantined=result.quarantined.height,
+            rows_read=rows_read,
+            rows_declared=rows_declared,
+            rows_valid=rows_valid,
+            rows_quarantined=rows_quarantined,
         )
 
         stage = "transform"
@@ -193,6 +195,9 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         )
         with _timed(timings, "transform"):
             rows = transform_rows(result.valid, run.schema, tctx)
+        # The parsed rows (names, MRNs, ...) are not needed past the transform: release
+        # them before the load, as the plaintext is released after parsing.
+        del validated, result
 
         stage = "load"
         loads: list[LoadResult] = []
@@ -238,10 +243,10 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         stage = "reconcile"
         report.balanced = False
         reconcile_file(
-            rows_read=validated.rows_read,
-            rows_declared=validated.rows_declared,
-            rows_valid=result.valid.height,
-            rows_quarantined=result.quarantined.height,
+            rows_read=rows_read,
+            rows_declared=rows_declared,
+            rows_valid=rows_valid,
+            rows_quarantined=rows_quarantined,
             loads=loads,
         )
         report.balanced = True

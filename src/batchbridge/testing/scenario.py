@@ -18,23 +18,10 @@ import yaml
 from batchbridge.testing.gpg import CompressAlgo, GpgKeyring
 from batchbridge.testing.keys import write_secret_file
 from batchbridge.testing.lab_data import mapping_frame, render_lab_csv
+from batchbridge.validations.lab_results import IDENTIFIABLE_COLUMNS, OUTPUT_COLUMNS
 
-LAB_TARGET_COLUMNS = [
-    "patient_key",
-    "loinc_code",
-    "loinc_display",
-    "local_test_code",
-    "test_name",
-    "result_value",
-    "result_value_numeric",
-    "result_unit",
-    "reference_range",
-    "abnormal_flag",
-    "result_status",
-    "specimen_collected_at",
-    "resulted_at",
-    "patient_sex",
-]
+LAB_TARGET_COLUMNS = [c for c in OUTPUT_COLUMNS if c not in IDENTIFIABLE_COLUMNS]
+"""What the demo and test warehouses receive: everything but the identifying columns."""
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,15 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "ordering_provider_npi",
 )
 
+IDENTIFIABLE_COLUMNS: tuple[str, ...] = (
+    "patient_first_name",
+    "patient_last_name",
+    "patient_dob",
+    "patient_zip",
+    "ordering_provider_npi",
+)
+"""Output columns that identify a person: a target receives them only if its config asks."""
+
 CODE_MAPPING = "local_test_code"
 MAPPING_COLUMNS: tuple[str, ...] = (
     "local_test_code",

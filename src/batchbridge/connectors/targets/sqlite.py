@@ -18,6 +18,7 @@ from typing import TypeVar
 import polars as pl
 
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
+from batchbridge.connectors.targets.rows import check_load_request
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
 
@@ -203,32 +204,8 @@ class SqliteTarget:
     # -- request checks (no database needed) ------------------------------------------
 
     def _plan(self, request: LoadRequest) -> _Plan:
-        keys = tuple(request.natural_key)
-        if not keys:
-            raise TargetError(f"target {self.name}: the request has no natural key")
-        reserved = sorted(_RESERVED.intersection(keys))
-        if reserved:
-            raise TargetError(f"target {self.name}: natural key columns {reserved} are reserved")
-        data = tuple(c for c in self.columns if c not in keys)
-        wanted = (*keys, *data, ROW_COLUMN)
-        missing = [c for c in wanted if c not in request.rows.columns]
-        if missing:
-            raise TargetError(f"target {self.name}: rows lack configured columns {missing}")
-        # Data minimization: only configured columns are ever written.
-        frame = request.rows.select(wanted)
-        null_keys = frame.select(pl.any_horizontal(pl.col(keys).is_null()).sum()).item()
-        if null_keys:
-            raise TargetError(f"target {self.name}: {null_keys} rows have an empty natural key")
-        if frame.n_unique(subset=list(keys)) != frame.height:
-            duplicated = int(frame.select(keys).is_duplicated().sum())
-            # Validation quarantines every row of a duplicated id, so this is a bug
-            # upstream. SQLite would silently let the last copy win: refuse instead.
-            raise TargetError(
-                f"target {self.name}: {duplicated} rows share a natural key "
-                f"({', '.join(keys)}) with another row of the same load; "
-                "the validation stage guarantees unique keys, so the load is refused"
-            )
-        return _Plan(keys=keys, data=data, frame=frame)
+        checked = check_load_request(self.name, request, self.columns, _RESERVED)
+        return _Plan(keys=checked.keys, data=checked.data, frame=checked.frame)
 
     # -- statements -------------------------------------------------------------------
 
