@@ -189,6 +189,27 @@ def render_markdown(report: RunReport) -> str:
     return "\n".join(parts)
 
 
+def report_table(report: RunReport) -> list[dict[str, Any]]:
+    """One row per file for a Prefect table artifact."""
+    return [
+        {
+            "file": f.name,
+            "outcome": f.outcome,
+            "rerun": f.is_rerun,
+            "read": f.rows_read,
+            "declared": f.rows_declared,
+            "valid": f.rows_valid,
+            "quarantined": f.rows_quarantined,
+            "loaded": sum(t.confirmed for t in f.targets.values()) if f.targets else None,
+            "failed_stage": f.failed_stage,
+            "reason": f.reason,
+        }
+        for f in report.files
+    ] + [
+        {"file": name, "outcome": "skipped", "reason": why} for name, why in report.skipped.items()
+    ]
+
+
 def artifact_key(feed: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes."""
     return f"{feed.replace('_', '-')}-run-report"
@@ -197,8 +218,13 @@ def artifact_key(feed: str) -> str:
 @stage_task("report")
 def publish_report_artifact(report: RunReport) -> None:
     """Attach the report to the flow run as a markdown artifact (counts only)."""
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    create_table_artifact(
+        table=report_table(report),
+        key=f"{artifact_key(report.feed)}-files",
+        description=f"{report.feed}: one row per file (counts, outcome, reason; no PHI)",
+    )
     create_markdown_artifact(
         markdown=render_markdown(report),
         key=artifact_key(report.feed),
