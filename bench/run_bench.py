@@ -338,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bb-bench-"))
     try:
         return _bench(args.rows, args.engine, workdir)
+    except (KeyboardInterrupt, SystemExit):
+        print("\ninterrupted: servers stopped", file=sys.stderr)
+        raise
     finally:
         if args.keep:
             print(f"\nwork folder kept: {workdir}")

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from batchbridge.errors import BatchbridgeError
@@ -273,21 +273,25 @@ class LedgerStore:
                     QuarantinedRow.status == QuarantineStatus.QUARANTINED,
                 )
             )
-            s.add_all(
-                QuarantinedRow(
-                    tenant=tenant,
-                    feed=feed,
-                    file_id=file_id,
-                    run_id=run_id,
-                    row_number=entry.row_number,
-                    reasons=list(entry.reasons),
-                    key_id=entry.encrypted.key_id,
-                    nonce=entry.encrypted.nonce,
-                    ciphertext=entry.encrypted.ciphertext,
-                )
+            rows = [
+                {
+                    "tenant": tenant,
+                    "feed": feed,
+                    "file_id": file_id,
+                    "run_id": run_id,
+                    "row_number": entry.row_number,
+                    "reasons": list(entry.reasons),
+                    "status": QuarantineStatus.QUARANTINED.value,
+                    "key_id": entry.encrypted.key_id,
+                    "nonce": entry.encrypted.nonce,
+                    "ciphertext": entry.encrypted.ciphertext,
+                }
                 for entry in entries
                 if entry.row_number not in settled
-            )
+            ]
+            if rows:
+                # One executemany, not one ORM object per row: thousands of rows a night.
+                s.execute(insert(QuarantinedRow), rows)
         return self.count_quarantined(file_id)
 
     def count_quarantined(self, file_id: str, status: QuarantineStatus | None = None) -> int:
