@@ -137,6 +137,10 @@ class FeedConfig(StrictModel):
     mappings: dict[str, Path] = Field(default_factory=dict)
     pseudonym_key: SecretRef
     quarantine_key: SecretRef
+    quarantine_previous_keys: list[SecretRef] = Field(
+        default_factory=list,
+        description="Keys of rows encrypted before a rotation; kept until `keys rotate` ran.",
+    )
     targets: list[TargetConfig] = Field(min_length=1)
     schedule: ScheduleConfig | None = None
 

@@ -24,7 +24,13 @@ never patient values: they end up in logs, Prefect states and alerts.
     │   └── TransientTargetError              connection lost / serialization failure
     ├── ReconciliationError          exit 7   counts do not balance
     ├── StageCrashedError            exit 8   an unexpected error inside a stage
-    └── RunFailedError               exit 9   a run finished with failed files (report written)
+    ├── RunFailedError               exit 9   a run finished with failed files (report written)
+    ├── StewardError                 exit 10  a steward action cannot be done
+    │   ├── AccessDeniedError                 no role for this tenant/action (audited)
+    │   ├── QuarantineRowNotFoundError        no such quarantined row (or not in your tenants)
+    │   ├── RowStateError                     the row is released or discarded already
+    │   └── ImportRejectedError               an import file is refused whole
+    └── AuditChainError              exit 11  the audit log's hash chain is broken
 """
 
 from __future__ import annotations
@@ -178,3 +184,41 @@ class RunFailedError(BatchbridgeError):
 
     exit_code = 9
     reason = "run_failed"
+
+
+class StewardError(BatchbridgeError):
+    """Raised when a data steward's action on quarantined rows cannot be done."""
+
+    exit_code = 10
+    reason = "steward_error"
+
+
+class AccessDeniedError(StewardError):
+    """Raised when the acting person has no role for the tenant and action (audited)."""
+
+    reason = "access_denied"
+
+
+class QuarantineRowNotFoundError(StewardError):
+    """Raised when a quarantine id does not exist (or belongs to another tenant)."""
+
+    reason = "quarantine_row_not_found"
+
+
+class RowStateError(StewardError):
+    """Raised when a row is released or discarded already and cannot change."""
+
+    reason = "row_state"
+
+
+class ImportRejectedError(StewardError):
+    """Raised when an import file is refused whole (unknown or foreign ids, bad columns)."""
+
+    reason = "import_rejected"
+
+
+class AuditChainError(BatchbridgeError):
+    """Raised when the audit log's hash chain does not verify (edited, inserted, deleted)."""
+
+    exit_code = 11
+    reason = "audit_chain_broken"

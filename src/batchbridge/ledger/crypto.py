@@ -76,3 +76,29 @@ class RowCipher:
             ) from None
         row: dict[str, str | None] = json.loads(plaintext)
         return row
+
+
+class QuarantineKeyring:
+    """The current row key plus earlier ones, so a rotation leaves old rows readable."""
+
+    def __init__(self, current: RowCipher, previous: list[RowCipher] | None = None) -> None:
+        self.current = current
+        self._by_id = {c.key_id: c for c in [*(previous or []), current]}
+
+    @property
+    def key_ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def encrypt(self, row: dict[str, str | None], associated_data: bytes) -> EncryptedRow:
+        """Encrypt with the current key."""
+        return self.current.encrypt(row, associated_data)
+
+    def decrypt(self, encrypted: EncryptedRow, associated_data: bytes) -> dict[str, str | None]:
+        """Decrypt with whichever known key the row names."""
+        cipher = self._by_id.get(encrypted.key_id)
+        if cipher is None:
+            raise QuarantineDecryptError(
+                f"row was encrypted with key {encrypted.key_id}, which is neither the current "
+                "quarantine key nor one of quarantine_previous_keys"
+            )
+        return cipher.decrypt(encrypted, associated_data)
