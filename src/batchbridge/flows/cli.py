@@ -1,4 +1,4 @@
-"""The `batchbridge` command line: run a feed, check feeds, run the demo."""
+"""The `batchbridge` command line: run a feed, check feeds, steward quarantined rows, demo."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batchbridge.errors import BatchbridgeError
+
+STEWARD_COMMANDS = frozenset({"quarantine", "report", "audit", "keys"})
 
 
 def _quiet_prefect_defaults() -> None:
@@ -45,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=2000)
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     demo.add_argument("--json", action="store_true")
+
+    from batchbridge.flows.steward_commands import add_steward_commands
+
+    add_steward_commands(commands)
     return parser
 
 
@@ -73,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from batchbridge.flows.demo import run_demo
 
             return run_demo(rows=args.rows, workdir=args.workdir, as_json=args.json)
+        if args.command in STEWARD_COMMANDS:
+            from batchbridge.flows.steward_commands import run_steward_command
+
+            return run_steward_command(args)
     except BatchbridgeError as exc:
         print(f"error [{exc.reason}]: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -22,26 +21,21 @@ from batchbridge.connectors.decryptors.registry import build_decryptor
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.sources.base import RemoteFile, Source
 from batchbridge.connectors.sources.registry import open_source
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult, Target
+from batchbridge.connectors.targets.base import Target
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
 from batchbridge.ledger.crypto import RowCipher
 from batchbridge.ledger.models import FileState, RunStatus
-from batchbridge.ledger.store import LedgerStore, LoadRecord
+from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings, load_settings
 from batchbridge.tasks.decrypt import decrypt_file
 from batchbridge.tasks.discover import list_ready_files, select_files
 from batchbridge.tasks.fetch import fetch_file
-from batchbridge.tasks.load import load_target
+from batchbridge.tasks.load import TargetLoad, load_into_targets, load_target
 from batchbridge.tasks.quarantine import count_reasons, encrypt_quarantined_rows
 from batchbridge.tasks.reconcile import reconcile_file
-from batchbridge.tasks.report import (
-    FileReport,
-    RunReport,
-    TargetCounts,
-    publish_report_artifact,
-)
-from batchbridge.tasks.transform import select_target_columns, transform_rows
+from batchbridge.tasks.report import FileReport, RunReport, publish_report_artifact
+from batchbridge.tasks.transform import transform_rows
 from batchbridge.tasks.validate import file_date_from_name, validate_file
 from batchbridge.validations.base import FeedSchema, TransformContext, ValidationContext
 from batchbridge.validations.mapping import load_mapping
@@ -81,6 +75,14 @@ class FeedRun:
     @property
     def feed(self) -> str:
         return self.loaded.config.feed
+
+    @property
+    def target_columns(self) -> list[tuple[Target, list[str]]]:
+        """Each open target with the columns its config lets it receive."""
+        return [
+            (target, list(config.columns))
+            for target, config in zip(self.targets, self.loaded.config.targets, strict=True)
+        ]
 
 
 def load_feed_mappings(loaded: LoadedFeed, schema: FeedSchema) -> dict[str, pl.DataFrame]:
@@ -200,43 +202,20 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         del validated, result
 
         stage = "load"
-        loads: list[LoadResult] = []
-        for target, target_config in zip(run.targets, config.targets, strict=True):
-            request = LoadRequest(
+
+        def loaded(done: TargetLoad) -> None:
+            run.store.record_load(run_id=run.run_id, file_id=claim.file_id, load=done.record())
+            report.targets[done.result.target] = done.counts()
+
+        with _timed(timings, "load"):
+            loads = load_into_targets(
+                run.target_columns,
                 tenant=run.tenant,
                 natural_key=run.schema.natural_key,
-                load_id=str(uuid.uuid4()),
                 file_id=claim.file_id,
-                rows=select_target_columns(
-                    rows, natural_key=run.schema.natural_key, columns=target_config.columns
-                ),
-            )
-            started = time.perf_counter()
-            with _timed(timings, "load"):
-                loaded_result = load_target(target, request)
-            loads.append(loaded_result)
-            run.store.record_load(
-                run_id=run.run_id,
-                file_id=claim.file_id,
-                load=LoadRecord(
-                    target=loaded_result.target,
-                    load_id=loaded_result.load_id,
-                    rows_sent=request.rows.height,
-                    rows_inserted=loaded_result.rows_inserted,
-                    rows_updated=loaded_result.rows_updated,
-                    rows_unchanged=loaded_result.rows_unchanged,
-                    rows_rejected=loaded_result.rows_rejected,
-                    rows_confirmed=loaded_result.rows_confirmed,
-                    seconds=round(time.perf_counter() - started, 3),
-                ),
-            )
-            report.targets[loaded_result.target] = TargetCounts(
-                sent=request.rows.height,
-                inserted=loaded_result.rows_inserted,
-                updated=loaded_result.rows_updated,
-                unchanged=loaded_result.rows_unchanged,
-                rejected=loaded_result.rows_rejected,
-                confirmed=loaded_result.rows_confirmed,
+                rows=rows,
+                on_loaded=loaded,
+                load=load_target,
             )
         run.store.advance_file(claim.file_id, FileState.LOADED)
 
@@ -247,7 +226,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             rows_declared=rows_declared,
             rows_valid=rows_valid,
             rows_quarantined=rows_quarantined,
-            loads=loads,
+            loads=[done.result for done in loads],
         )
         report.balanced = True
         run.store.advance_file(claim.file_id, FileState.RECONCILED)

@@ -2,11 +2,100 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult, Target
-from batchbridge.tasks.guard import stage_task
+from batchbridge.ledger.store import LoadRecord
+from batchbridge.tasks.guard import stage_task, withhold_unexpected_errors
+from batchbridge.tasks.report import TargetCounts
+from batchbridge.tasks.transform import select_target_columns
+
+LoadFn = Callable[[Target, LoadRequest], LoadResult]
 
 
-@stage_task("load", task_run_name="load {target.name}")
-def load_target(target: Target, request: LoadRequest) -> LoadResult:
+def load_rows(target: Target, request: LoadRequest) -> LoadResult:
     """Idempotent upsert; transient errors are retried inside the target connector."""
     return target.load(request)
+
+
+load_target = stage_task("load", task_run_name="load {target.name}")(load_rows)
+load_rows_scrubbed: LoadFn = withhold_unexpected_errors("load")(load_rows)
+"""load_rows outside a Prefect flow (steward release), with the same PHI-safe errors."""
+
+
+@dataclass(frozen=True)
+class TargetLoad:
+    """One target's load of one file's rows: rows sent, what the target confirmed, time taken."""
+
+    result: LoadResult
+    rows_sent: int
+    seconds: float
+
+    def record(self) -> LoadRecord:
+        """The ledger's record of this load."""
+        r = self.result
+        return LoadRecord(
+            target=r.target,
+            load_id=r.load_id,
+            rows_sent=self.rows_sent,
+            rows_inserted=r.rows_inserted,
+            rows_updated=r.rows_updated,
+            rows_unchanged=r.rows_unchanged,
+            rows_rejected=r.rows_rejected,
+            rows_confirmed=r.rows_confirmed,
+            seconds=self.seconds,
+        )
+
+    def counts(self) -> TargetCounts:
+        """The report's view of this load."""
+        r = self.result
+        return TargetCounts(
+            sent=self.rows_sent,
+            inserted=r.rows_inserted,
+            updated=r.rows_updated,
+            unchanged=r.rows_unchanged,
+            rejected=r.rows_rejected,
+            confirmed=r.rows_confirmed,
+        )
+
+
+def load_into_targets(
+    targets: Sequence[tuple[Target, Sequence[str]]],
+    *,
+    tenant: str,
+    natural_key: tuple[str, ...],
+    file_id: str,
+    rows: pl.DataFrame,
+    on_loaded: Callable[[TargetLoad], None],
+    load: LoadFn = load_rows_scrubbed,
+) -> list[TargetLoad]:
+    """Load one file's transformed rows into every target (each with its columns only).
+
+    Each target gets a new load id; `file_id` and the rows' ROW_COLUMN are the lineage.
+    `on_loaded` runs right after each target commits, so a failure in a later target
+    leaves the earlier loads recorded.
+    """
+    done: list[TargetLoad] = []
+    for target, columns in targets:
+        request = LoadRequest(
+            tenant=tenant,
+            natural_key=natural_key,
+            load_id=str(uuid.uuid4()),
+            file_id=file_id,
+            rows=select_target_columns(rows, natural_key=natural_key, columns=columns),
+        )
+        started = time.perf_counter()
+        result = load(target, request)
+        loaded = TargetLoad(
+            result=result,
+            rows_sent=request.rows.height,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        on_loaded(loaded)
+        done.append(loaded)
+    return done

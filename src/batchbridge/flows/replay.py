@@ -1,0 +1,89 @@
+"""The replay-quarantine flow: a steward's release, run from the Prefect UI or API.
+
+Prefect OSS does not authenticate UI users: whoever can reach the UI can start a
+run with any parameters. `requested_by` is therefore the accountable identity: it
+must be a person in the steward directory with the steward role for the feed's
+tenant; every release event in the audit log names them, and a refusal is audited.
+Put the Prefect UI behind an authenticating proxy so only stewards reach it.
+Parameters are names and ids only, never patient data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from batchbridge.access import directory_path, load_directory
+from batchbridge.errors import StewardError
+from batchbridge.flows.steward import StewardService
+from batchbridge.ledger.store import LedgerStore
+from batchbridge.settings import load_settings
+from batchbridge.tasks.guard import stage_task
+from batchbridge.tasks.release import ReleaseReport, render_release_markdown
+
+
+@stage_task("replay-report")
+def publish_release_artifact(report: ReleaseReport, feed: str) -> None:
+    """Attach the release's counts to the flow run (no values)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        markdown=render_release_markdown(report, feed=feed),
+        key=f"{feed.replace('_', '-')}-quarantine-replay",
+        description=f"{feed}: quarantined rows re-validated and released (counts, no PHI)",
+    )
+
+
+@flow(
+    name="replay-quarantine",
+    flow_run_name="{feed} by {requested_by}",
+    log_prints=False,
+    persist_result=False,
+)
+def replay_quarantine(
+    feed: str,
+    requested_by: str,
+    reason: str | None = None,
+    file_id: str | None = None,
+    ids: list[int] | None = None,
+    config_dir: str | None = None,
+) -> dict[str, Any]:
+    """Re-validate a feed's quarantined rows (all, by reason, file or ids) and load those that pass.
+
+    Fails when rows were selected but errors stopped every one of them from being
+    settled; releasing twice loads once.
+    """
+    log = get_run_logger()
+    settings = load_settings(config_dir)
+    service = StewardService(
+        LedgerStore.from_url(settings.database_url),
+        config_dir=settings.config_dir,
+        directory=load_directory(directory_path(settings.config_dir)),
+        actor=requested_by,
+    )
+    try:
+        report = service.release(
+            ids=ids, feed=feed, reason=reason, file_id=file_id, flow_run_id=flow_run.id
+        )
+    finally:
+        service.store.engine.dispose()
+    publish_release_artifact(report, feed)
+    totals = report.totals()
+    log.info(
+        "%s: selected %s, released %s, still quarantined %s, skipped %s, errors %s",
+        feed,
+        totals["selected"],
+        totals["released"],
+        totals["still_quarantined"],
+        totals["skipped"],
+        totals["errors"],
+    )
+    settled = report.released + report.still_quarantined
+    if report.errors and settled == 0:
+        raise StewardError(
+            f"replay of {feed} did nothing: {len(report.errors)} error(s): "
+            + "; ".join(report.errors)
+        )
+    return {"run_ids": [run.run_id for run in report.runs], **totals}

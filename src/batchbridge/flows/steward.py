@@ -1,0 +1,357 @@
+"""Data stewards' work on quarantined rows: every look, fix and release checked and audited.
+
+`StewardService` is the whole API (CLI, replay flow and tests use it). Access rules
+are in steward_access, the CSV round trip in steward_exchange, key rotation in
+steward_keys, release mechanics in steward_release. Audit events carry who, when,
+action, tenant, ids, column names and the person's reason: never a value.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from batchbridge.access import current_actor, directory_path, load_directory, required_role
+from batchbridge.config import load_feed
+from batchbridge.errors import StewardError
+from batchbridge.flows.steward_access import ROW
+from batchbridge.flows.steward_exchange import CsvExchange
+from batchbridge.flows.steward_keys import KeyRotation
+from batchbridge.flows.steward_release import release_feed_rows
+from batchbridge.ledger.audit import append_event
+from batchbridge.ledger.models import (
+    FileState,
+    LedgerFile,
+    QuarantinedRow,
+    QuarantineStatus,
+    Run,
+    utcnow,
+)
+from batchbridge.ledger.quarantine_store import (
+    EditSummary,
+    FileBalance,
+    QuarantineFilter,
+    QuarantineSummary,
+    balance_of,
+    edit_associated_data,
+    edits_of,
+    encrypted_of,
+    file_names,
+    find_rows,
+    reason_matches,
+    rows_by_id,
+    summarize,
+)
+from batchbridge.ledger.store import LedgerStore
+from batchbridge.settings import Settings
+from batchbridge.tasks.release import ReleaseReport
+from batchbridge.tasks.steward_csv import safe_names
+
+__all__ = ["ShownRow", "StewardService", "mask"]
+
+
+def mask(value: str | None) -> str | None:
+    """First character and length only: enough to tell rows apart, not to read them.
+
+    Values shorter than three characters (sex, flags) show their length only: their
+    first character would be most or all of the value.
+    """
+    if not value:
+        return value
+    if len(value) < 3:
+        return f"… ({len(value)})"
+    return f"{value[0]}… ({len(value)})"
+
+
+@dataclass(frozen=True)
+class ShownRow:
+    """One quarantined row for a steward: masked values (show) or clear values (reveal)."""
+
+    id: int
+    tenant: str
+    feed: str
+    file_id: str
+    file_name: str
+    row_number: int
+    reasons: list[str]
+    status: str
+    revealed: bool
+    settled_by: str | None
+    settled_at: datetime | None
+    settle_reason: str | None
+    released_load_id: str | None
+    # Kept out of repr: a revealed row printed into a log would leak its values.
+    values: dict[str, str | None] = field(repr=False)
+    edits: list[EditSummary] = field(repr=False, default_factory=list)
+
+
+class StewardService(CsvExchange, KeyRotation):
+    """What a data steward can do with quarantined rows; one instance acts as one person."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StewardService:
+        """The acting person (BATCHBRIDGE_ACTOR or OS login) on the configured ledger."""
+        return cls(
+            LedgerStore.from_url(settings.database_url),
+            config_dir=settings.config_dir,
+            directory=load_directory(directory_path(settings.config_dir)),
+            actor=current_actor(),
+        )
+
+    # listing and viewing -----------------------------------------------------------------
+
+    def list_rows(
+        self,
+        *,
+        tenant: str | None = None,
+        feed: str | None = None,
+        file_id: str | None = None,
+        run_id: str | None = None,
+        reason: str | None = None,
+        status: str | None = QuarantineStatus.QUARANTINED,
+    ) -> list[QuarantineSummary]:
+        """Rows of the actor's tenants matching every filter: ids, reasons, status; no values."""
+        if tenant is not None:
+            self._require(tenant, "list", "tenant", [tenant])
+            tenants = [tenant]
+        else:
+            tenants = self.directory.tenants(self.actor, required_role("list"))
+        if feed is not None and (feed_tenant := self._feed_tenant(feed)) is not None:
+            self._require(feed_tenant, "list", "feed", [feed])
+        where = QuarantineFilter(
+            tenants=tenants,
+            feed=feed,
+            file_id=file_id,
+            run_id=run_id,
+            reason=reason,
+            status=status,
+        )
+        with self.store.session() as s:
+            return summarize(s, find_rows(s, where))
+
+    def show(self, quarantine_id: int) -> ShownRow:
+        """A row with masked values (first character + length), its reasons and edits."""
+        return self._view(quarantine_id, reveal=False, why=None)
+
+    def reveal(self, quarantine_id: int, *, why: str) -> ShownRow:
+        """A row with clear values; audited with `why` before anything is returned."""
+        if not why or not why.strip():
+            raise StewardError("reveal needs a reason (--why): it is written to the audit log")
+        return self._view(quarantine_id, reveal=True, why=why.strip())
+
+    def _view(self, quarantine_id: int, *, reveal: bool, why: str | None) -> ShownRow:
+        action = "reveal" if reveal else "show"
+        row = self._row(quarantine_id, action)
+        ctx = self._feed(row.feed, row.tenant)
+        values = ctx.decrypt(row)
+        with self.store.session() as s:
+            name = file_names(s, [row.file_id]).get(row.file_id, "?")
+            edits: list[EditSummary] = []
+            for edit in edits_of(s, quarantine_id):
+                before: dict[str, str | None] | None = None
+                after: dict[str, str | None] | None = None
+                if reveal:
+                    payload = ctx.keyring.decrypt(
+                        encrypted_of(edit), edit_associated_data(quarantine_id)
+                    )
+                    before = {c: payload.get(f"before:{c}") for c in edit.columns}
+                    after = {c: payload.get(f"after:{c}") for c in edit.columns}
+                edits.append(
+                    EditSummary(
+                        id=edit.id,
+                        actor=edit.actor,
+                        at=edit.at,
+                        columns=list(edit.columns),
+                        source=edit.source,
+                        before=before,
+                        after=after,
+                    )
+                )
+            append_event(
+                s,
+                actor=self.actor,
+                action=action,
+                tenant=row.tenant,
+                object_type=ROW,
+                object_ids=[quarantine_id],
+                reason=why,
+            )
+        ordered = {c: values.get(c) for c in ctx.schema.columns}
+        return ShownRow(
+            id=row.id,
+            tenant=row.tenant,
+            feed=row.feed,
+            file_id=row.file_id,
+            file_name=name,
+            row_number=row.row_number,
+            reasons=list(row.reasons),
+            status=row.status,
+            revealed=reveal,
+            settled_by=row.settled_by,
+            settled_at=row.settled_at,
+            settle_reason=row.settle_reason,
+            released_load_id=row.released_load_id,
+            values=ordered if reveal else {c: mask(v) for c, v in ordered.items()},
+            edits=edits,
+        )
+
+    # fixing -------------------------------------------------------------------------------
+
+    def fix(self, quarantine_id: int, changes: dict[str, str], *, why: str | None = None) -> None:
+        """Set column values of a quarantined row; who, when and before/after are recorded."""
+        if not changes:
+            raise StewardError("nothing to change: give at least one column=value")
+        row = self._row(quarantine_id, "fix")
+        self._require_quarantined(row)
+        ctx = self._feed(row.feed, row.tenant)
+        unknown = sorted(set(changes) - set(ctx.schema.columns))
+        if unknown:
+            raise StewardError(
+                f"unknown column(s) {safe_names(unknown)} for feed {row.feed} "
+                f"(columns: {', '.join(ctx.schema.columns)})"
+            )
+        with self.store.session() as s:
+            locked = self._locked(s, [quarantine_id])[quarantine_id]
+            changed = self._apply(s, ctx, locked, changes, source="cli")
+            if changed:
+                append_event(
+                    s,
+                    actor=self.actor,
+                    action="fix",
+                    tenant=row.tenant,
+                    object_type=ROW,
+                    object_ids=[quarantine_id],
+                    reason=why,
+                    details={"columns": changed},
+                )
+
+    def discard(self, quarantine_id: int, *, reason: str) -> None:
+        """Settle a row for good without loading it (terminal); the reason is required."""
+        if not reason or not reason.strip():
+            raise StewardError("discard needs a reason (--reason): it is written to the audit log")
+        row = self._row(quarantine_id, "discard")
+        self._require_quarantined(row)
+        with self.store.session() as s:
+            locked = self._locked(s, [quarantine_id])[quarantine_id]
+            locked.status = QuarantineStatus.DISCARDED
+            locked.settled_by = self.actor
+            locked.settled_at = utcnow()
+            locked.settle_reason = reason.strip()
+            append_event(
+                s,
+                actor=self.actor,
+                action="discard",
+                tenant=row.tenant,
+                object_type=ROW,
+                object_ids=[quarantine_id],
+                reason=reason.strip(),
+            )
+
+    # release ------------------------------------------------------------------------------
+
+    def release(
+        self,
+        *,
+        ids: list[int] | None = None,
+        feed: str | None = None,
+        reason: str | None = None,
+        file_id: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> ReleaseReport:
+        """Re-validate rows with the feed's schema and current mapping; load the valid ones.
+
+        Valid rows go to every target of the feed under a new load id, with their
+        original file id and row number as lineage, recorded in a new ledger run
+        (is_rerun); they become released. Invalid ones stay quarantined with their new
+        reasons. Released rows are never selected again, so releasing twice loads once.
+        """
+        if not ids and feed is None and file_id is None:
+            raise StewardError("release needs row ids, a feed or a file")
+        report = ReleaseReport()
+        if ids:
+            with self.store.session() as s:
+                found = rows_by_id(s, ids)
+            candidates = self._checked_rows(found, list(dict.fromkeys(ids)), "release")
+            selected = []
+            for row in candidates:
+                if row.status != QuarantineStatus.QUARANTINED:
+                    report.skipped[row.id] = f"{row.status} already"
+                elif (feed and row.feed != feed) or (file_id and row.file_id != file_id):
+                    report.skipped[row.id] = "outside the feed or file asked for"
+                elif reason and not reason_matches(row.reasons, reason):
+                    report.skipped[row.id] = f"no reason matching {reason}"
+                else:
+                    selected.append(row)
+        else:
+            tenants: list[str] = []
+            if file_id is not None:
+                tenants.append(self._file(file_id, "release").tenant)
+            if feed is not None:
+                tenant = load_feed(feed, self.config_dir).config.tenant
+                self._require(tenant, "release", "feed", [feed])
+                tenants.append(tenant)
+            where = QuarantineFilter(
+                tenants=sorted(set(tenants)), feed=feed, file_id=file_id, reason=reason
+            )
+            with self.store.session() as s:
+                selected = find_rows(s, where)
+        with self.store.session() as s:
+            files = {
+                f.id: f
+                for f in s.scalars(
+                    select(LedgerFile).where(LedgerFile.id.in_({r.file_id for r in selected}))
+                )
+            }
+        by_feed: dict[tuple[str, str], dict[str, list[QuarantinedRow]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for row in selected:
+            # A file still in a run (or failed) is the nightly run's to finish first:
+            # releasing into it would break its first-run counts.
+            if files[row.file_id].state != FileState.RECONCILED:
+                report.skipped[row.id] = "its file is not reconciled yet"
+                continue
+            by_feed[(row.feed, row.tenant)][row.file_id].append(row)
+        for (feed_name, tenant), rows_by_file in sorted(by_feed.items()):
+            ctx = self._feed(feed_name, tenant)
+            report.runs.append(
+                release_feed_rows(
+                    self.store,
+                    ctx,
+                    actor=self.actor,
+                    files=[(files[f], rows) for f, rows in sorted(rows_by_file.items())],
+                    flow_run_id=flow_run_id,
+                )
+            )
+        return report
+
+    # balance and reports ------------------------------------------------------------------
+
+    def file_balance(self, file_id: str) -> FileBalance:
+        """read = loaded at first run + loaded after fix + still quarantined + discarded."""
+        file = self._file(file_id, "report")
+        with self.store.session() as s:
+            return balance_of(s, s.get_one(LedgerFile, file.id))
+
+    def run_report(self, run_id: str) -> dict[str, Any] | None:
+        """A run's stored report plus the current balance of each of its files (None: no run)."""
+        with self.store.session() as s:
+            run = s.get(Run, run_id)
+        if run is None:
+            return None
+        if self.directory.role(self.actor, run.tenant) is None:
+            self._audit_denied(run.tenant, "report", "run", [run_id])
+            return None
+        self._require(run.tenant, "report", "run", [run_id])
+        stored: dict[str, Any] = dict(run.report or {})
+        file_ids = [f["file_id"] for f in stored.get("files", []) if f.get("file_id")]
+        with self.store.session() as s:
+            balances = [
+                balance_of(s, file).to_dict()
+                for file in s.scalars(select(LedgerFile).where(LedgerFile.id.in_(file_ids)))
+            ]
+        return {"run_id": run.id, "status": run.status, "report": stored, "balances": balances}

@@ -1,0 +1,277 @@
+"""Release mechanics: decrypt, re-validate with today's rules, load with lineage, settle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+from sqlalchemy import select
+
+from batchbridge.config import LoadedFeed, load_feed
+from batchbridge.connectors.secrets import resolve_secret
+from batchbridge.connectors.targets.base import Target
+from batchbridge.connectors.targets.registry import open_target
+from batchbridge.errors import BatchbridgeError, ConfigError
+from batchbridge.flows.nightly import load_feed_mappings
+from batchbridge.ledger.audit import append_event
+from batchbridge.ledger.crypto import QuarantineKeyring, RowCipher, row_associated_data
+from batchbridge.ledger.models import (
+    LedgerFile,
+    QuarantinedRow,
+    QuarantineStatus,
+    RunStatus,
+    utcnow,
+)
+from batchbridge.ledger.quarantine_store import balance_of, encrypted_of
+from batchbridge.ledger.store import LedgerStore
+from batchbridge.tasks.guard import withhold_unexpected_errors
+from batchbridge.tasks.load import TargetLoad, load_into_targets
+from batchbridge.tasks.reconcile import reconcile_counts
+from batchbridge.tasks.release import FileRelease, ReleaseRun, revalidate, rows_frame
+from batchbridge.tasks.transform import transform_valid_rows
+from batchbridge.tasks.validate import file_date_from_name
+from batchbridge.validations.base import ROW_COLUMN, FeedSchema, TransformContext, ValidationContext
+from batchbridge.validations.registry import get_schema
+
+_revalidate = withhold_unexpected_errors("validate")(revalidate)
+_transform = withhold_unexpected_errors("transform")(transform_valid_rows)
+
+
+@dataclass(frozen=True)
+class FeedContext:
+    """A feed's config, schema and quarantine key ring, read fresh for each steward action."""
+
+    loaded: LoadedFeed
+    schema: FeedSchema
+    keyring: QuarantineKeyring
+
+    @property
+    def tenant(self) -> str:
+        return self.loaded.config.tenant
+
+    def decrypt(self, row: QuarantinedRow) -> dict[str, str | None]:
+        """A quarantined row's values (bound to its file and row number)."""
+        return self.keyring.decrypt(
+            encrypted_of(row), row_associated_data(row.file_id, row.row_number)
+        )
+
+
+def feed_context(feed: str, config_dir: Path, *, tenant: str | None = None) -> FeedContext:
+    """Load a feed's YAML, schema and keys: the current key plus quarantine_previous_keys."""
+    loaded = load_feed(feed, config_dir)
+    config = loaded.config
+    if tenant is not None and config.tenant != tenant:
+        raise ConfigError(
+            f"feed {feed} belongs to tenant {config.tenant}, but its quarantined rows to "
+            f"{tenant}; fix the feed YAML before acting on them"
+        )
+    keyring = QuarantineKeyring(
+        RowCipher(resolve_secret(config.quarantine_key, base_dir=loaded.base_dir)),
+        [
+            RowCipher(resolve_secret(ref, base_dir=loaded.base_dir))
+            for ref in config.quarantine_previous_keys
+        ],
+    )
+    return FeedContext(loaded=loaded, schema=get_schema(config.schema_name), keyring=keyring)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back without a zone; the ledger stores UTC only.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class FeedRelease:
+    """Releases one feed's rows under one ledger run, file by file."""
+
+    store: LedgerStore
+    ctx: FeedContext
+    actor: str
+    run: ReleaseRun
+    mappings: dict[str, pl.DataFrame]
+    transform_ctx: TransformContext
+    targets: list[tuple[Target, list[str]]]
+
+    def release_file(self, file: LedgerFile, rows: Sequence[QuarantinedRow]) -> FileRelease:
+        """Re-validate a file's selected rows, load the valid ones, settle all; errors recorded."""
+        report = FileRelease(file_id=file.id, file_name=file.name, selected=len(rows))
+        stage = "decrypt"
+        try:
+            decrypted = [(row.row_number, self.ctx.decrypt(row)) for row in rows]
+            stage = "validate"
+            config = self.ctx.loaded.config
+            seen = _aware(file.first_seen_at).astimezone(ZoneInfo(config.timezone)).date()
+            vctx = ValidationContext(
+                tenant=config.tenant,
+                file_date=file_date_from_name(file.name, seen),
+                timezone=config.timezone,
+                mappings=self.mappings,
+            )
+            frame = rows_frame(decrypted, self.ctx.schema.columns)
+            del decrypted  # patient values: the frame is all that is needed from here
+            checked = _revalidate(frame, self.ctx.schema, vctx)
+            del frame
+            loads: list[TargetLoad] = []
+            if checked.valid.height:
+                stage = "transform"
+                out = _transform(checked.valid, self.ctx.schema, self.transform_ctx)
+                stage = "load"
+                loads = self._load(file.id, out, report)
+                stage = "reconcile"
+                reconcile_counts(
+                    rows_read=len(rows),
+                    rows_declared=None,
+                    rows_valid=checked.valid.height,
+                    rows_quarantined=len(checked.reasons),
+                    loads=[done.result for done in loads],
+                )
+            stage = "settle"
+            valid_numbers = {int(n) for n in checked.valid.get_column(ROW_COLUMN).to_list()}
+            self._settle(file, rows, valid_numbers, checked.reasons, loads, report)
+            self.store.record_run_file(
+                run_id=self.run.run_id,
+                file_id=file.id,
+                outcome="released",
+                is_rerun=True,
+                stage_seconds={},
+            )
+        except BatchbridgeError as exc:
+            report.failed_stage = stage
+            report.reason = exc.reason
+            report.message = str(exc)
+        with self.store.session() as s:
+            report.balanced = balance_of(s, s.get_one(LedgerFile, file.id)).balanced
+        return report
+
+    def _load(self, file_id: str, rows: pl.DataFrame, report: FileRelease) -> list[TargetLoad]:
+        def loaded(done: TargetLoad) -> None:
+            self.store.record_load(run_id=self.run.run_id, file_id=file_id, load=done.record())
+            report.targets[done.result.target] = done.counts()
+            report.load_ids.append(done.result.load_id)
+
+        return load_into_targets(
+            self.targets,
+            tenant=self.ctx.tenant,
+            natural_key=self.ctx.schema.natural_key,
+            file_id=file_id,
+            rows=rows,
+            on_loaded=loaded,
+        )
+
+    def _settle(
+        self,
+        file: LedgerFile,
+        rows: Sequence[QuarantinedRow],
+        valid_numbers: set[int],
+        reasons: dict[int, list[str]],
+        loads: Sequence[TargetLoad],
+        report: FileRelease,
+    ) -> None:
+        """Mark loaded rows released and give still-invalid ones their new reasons, audited.
+
+        A row settled or edited by someone else since it was read (its nonce changed) is
+        left alone: the next release takes it, and the target upsert keeps that safe.
+        """
+        nonces = {row.id: row.nonce for row in rows}
+        released: list[int] = []
+        still: list[int] = []
+        now = utcnow()
+        load_id = loads[0].result.load_id if loads else None
+        with self.store.session() as s:
+            fresh = {
+                row.id: row
+                for row in s.scalars(
+                    select(QuarantinedRow)
+                    .where(QuarantinedRow.id.in_(list(nonces)))
+                    .with_for_update()
+                )
+            }
+            for row in rows:
+                current = fresh.get(row.id)
+                if (
+                    current is None
+                    or current.status != QuarantineStatus.QUARANTINED
+                    or current.nonce != nonces[row.id]
+                ):
+                    continue
+                if row.row_number in valid_numbers:
+                    current.status = QuarantineStatus.RELEASED
+                    current.released_load_id = load_id
+                    current.settled_by = self.actor
+                    current.settled_at = now
+                    released.append(row.id)
+                else:
+                    current.reasons = reasons.get(row.row_number, current.reasons)
+                    still.append(row.id)
+            append_event(
+                s,
+                actor=self.actor,
+                action="release",
+                tenant=self.ctx.tenant,
+                object_type="quarantined_row",
+                object_ids=[*released, *still],
+                details={
+                    "run_id": self.run.run_id,
+                    "file_id": file.id,
+                    "load_ids": [done.result.load_id for done in loads],
+                    "released": released,
+                    "still_quarantined": still,
+                },
+            )
+        report.released = len(released)
+        report.still_quarantined = len(still)
+        report.count_reasons({n: r for n, r in reasons.items()})
+
+
+def release_feed_rows(
+    store: LedgerStore,
+    ctx: FeedContext,
+    *,
+    actor: str,
+    files: Sequence[tuple[LedgerFile, Sequence[QuarantinedRow]]],
+    flow_run_id: str | None,
+) -> ReleaseRun:
+    """Release a feed's rows under a new ledger run (is_rerun) whose report says what happened."""
+    config = ctx.loaded.config
+    run_id = store.start_run(
+        tenant=config.tenant, feed=config.feed, flow_run_id=flow_run_id, is_rerun=True
+    )
+    run = ReleaseRun(run_id=run_id, tenant=config.tenant, feed=config.feed, requested_by=actor)
+    try:
+        with ExitStack() as stack:
+            mappings = load_feed_mappings(ctx.loaded, ctx.schema)
+            transform_ctx = TransformContext(
+                tenant=config.tenant,
+                timezone=config.timezone,
+                mappings=mappings,
+                pseudonym_key=resolve_secret(config.pseudonym_key, base_dir=ctx.loaded.base_dir)
+                .get_secret_value()
+                .encode(),
+            )
+            targets: list[tuple[Target, list[str]]] = []
+            for target_config in config.targets:
+                target = open_target(ctx.loaded, target_config)
+                stack.callback(target.close)
+                targets.append((target, list(target_config.columns)))
+            releaser = FeedRelease(
+                store=store,
+                ctx=ctx,
+                actor=actor,
+                run=run,
+                mappings=mappings,
+                transform_ctx=transform_ctx,
+                targets=targets,
+            )
+            for file, rows in files:
+                run.files.append(releaser.release_file(file, rows))
+    except BatchbridgeError as exc:
+        run.error = {"stage": "setup", "reason": exc.reason, "message": str(exc)}
+    failed = run.error is not None or any(f.failed_stage for f in run.files)
+    run.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    store.finish_run(run_id, status=RunStatus(run.status), report=run.to_dict())
+    return run
