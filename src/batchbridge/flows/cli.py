@@ -59,6 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
     try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    try:
         if args.command == "run":
             from batchbridge.flows.commands import run_command
 

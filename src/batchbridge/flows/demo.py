@@ -18,6 +18,8 @@ from batchbridge.testing.scenario import (
 )
 from batchbridge.testing.sftp_server import start_sftp_server
 
+DEMO_STEWARD = "demo.steward@example.org"
+
 DEMO_BAD_ROWS = {
     "bad_npi": 4,
     "bad_dob": 3,
@@ -80,6 +82,18 @@ def run_demo(*, rows: int, workdir: Path, as_json: bool) -> int:
             as_json=as_json,
         )
         print(f"\ndemo: warehouse {workdir / 'warehouse.db'}, ledger {workdir / 'ledger.db'}")
+        (workdir / "stewards.yaml").write_text(
+            f"stewards:\n  {DEMO_STEWARD}:\n    acme_lab: admin\n", encoding="utf-8"
+        )
+        env = (
+            f"BATCHBRIDGE_DATABASE_URL=sqlite:///{workdir / 'ledger.db'} "
+            f"BATCHBRIDGE_ACTOR={DEMO_STEWARD}"
+        )
+        print(
+            "demo: look at the quarantined rows as a data steward (every view is audited):\n"
+            f"  {env} .venv/bin/batchbridge quarantine list --config-dir {scenario.config_dir}\n"
+            f"  {env} .venv/bin/batchbridge quarantine show ID --config-dir {scenario.config_dir}"
+        )
         return first or second
     finally:
         server.stop()
