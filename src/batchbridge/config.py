@@ -116,6 +116,30 @@ class SqliteTargetConfig(StrictModel):
 TargetConfig = Annotated[PostgresTargetConfig | SqliteTargetConfig, Field(discriminator="kind")]
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ALL_WEEKDAYS: list[Weekday] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class ArrivalWindow(StrictModel):
+    """When the partner's file must be on the server (their SLA), in the feed's time zone."""
+
+    expected_by: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM local time")
+    days: list[Weekday] = Field(default_factory=lambda: list(ALL_WEEKDAYS), min_length=1)
+
+
+class AlertsConfig(StrictModel):
+    """Where alerts go and what raises one. Alert texts carry names, counts and reasons only."""
+
+    webhook: SecretRef | None = Field(
+        None,
+        description="Slack/Teams-compatible incoming webhook URL (a secret: it holds a token).",
+    )
+    arrival: ArrivalWindow | None = None
+    quarantine_rate_threshold: float = Field(
+        0.05, ge=0, le=1, description="Alert when quarantined/read exceeds this for a file."
+    )
+
+
 class ScheduleConfig(StrictModel):
     """When the nightly run starts, in the feed's time zone."""
 
@@ -143,6 +167,7 @@ class FeedConfig(StrictModel):
     )
     targets: list[TargetConfig] = Field(min_length=1)
     schedule: ScheduleConfig | None = None
+    alerts: AlertsConfig = AlertsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
