@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test unit lint bench clean
+.PHONY: install system-deps demo test unit lint bench scale-out clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+
+# Prefect server on PostgreSQL, two process workers, four tenants (one with a bad key).
+scale-out: system-deps $(STAMP)
+	$(BIN)/python bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -30,7 +30,8 @@ never patient values: they end up in logs, Prefect states and alerts.
     │   ├── QuarantineRowNotFoundError        no such quarantined row (or not in your tenants)
     │   ├── RowStateError                     the row is released or discarded already
     │   └── ImportRejectedError               an import file is refused whole
-    └── AuditChainError              exit 11  the audit log's hash chain is broken
+    ├── AuditChainError              exit 11  the audit log's hash chain is broken
+    └── AlertDeliveryError           exit 12  an alert could not be delivered to its webhook
 """
 
 from __future__ import annotations
@@ -222,3 +223,14 @@ class AuditChainError(BatchbridgeError):
 
     exit_code = 11
     reason = "audit_chain_broken"
+
+
+class AlertDeliveryError(BatchbridgeError):
+    """Raised when an alert webhook refused a message or stayed unreachable after retries.
+
+    The message names the HTTP status or the connection error class, never the URL: a
+    webhook URL carries its token.
+    """
+
+    exit_code = 12
+    reason = "alert_undelivered"

@@ -1,4 +1,4 @@
-"""deployments/prefect.yaml: a nightly deployment per feed, on the feed's schedule; the replay."""
+"""deployments/prefect.yaml: generated, up to date, a nightly deployment per feed; the replay."""
 
 from __future__ import annotations
 
@@ -11,6 +11,17 @@ import yaml
 from prefect.flows import Flow
 
 from batchbridge.config import list_feeds, load_feed
+from batchbridge.errors import ConfigError
+from batchbridge.flows.deploy import (
+    CHECKOUT_ENV,
+    PULL_STEP,
+    WORK_POOL,
+    FeedDeployment,
+    build_plan,
+    check_prefect_file,
+    enter_checkout,
+    tenant_queue,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FEEDS_DIR = ROOT / "deployments" / "feeds"
@@ -48,6 +59,12 @@ def test_every_feed_has_a_nightly_deployment_on_its_schedule(
         assert _flow_of(deployment["entrypoint"]).name == "nightly-feed"
         assert deployment["parameters"] == {"feed": feed}
         assert f"tenant:{config.tenant}" in deployment["tags"]
+        # The tenant's queue carries its concurrency limit; one run of a feed at a time.
+        assert deployment["work_pool"] == {
+            "name": WORK_POOL,
+            "work_queue_name": tenant_queue(config.tenant),
+        }
+        assert deployment["concurrency_limit"] == 1
         assert config.schedule is not None, f"feed {feed} has no schedule"
         (schedule,) = deployment["schedules"]
         assert schedule["cron"] == config.schedule.cron
@@ -59,3 +76,82 @@ def test_replay_deployment_has_no_schedule(deployments: dict[str, dict[str, Any]
     assert _flow_of(replay["entrypoint"]).name == "replay-quarantine"
     assert not replay.get("schedules")
     assert not replay.get("parameters")  # requested_by must be given by the person running it
+
+
+def test_prefect_yaml_is_generated_from_the_feeds() -> None:
+    # Fails when a feed YAML changed (schedule, tenant, a new feed) without
+    # `batchbridge deploy` regenerating deployments/prefect.yaml.
+    check_prefect_file(build_plan(FEEDS_DIR), PREFECT_YAML)
+
+
+def test_workers_run_from_their_own_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+    assert data["pull"] == [{PULL_STEP: {}}]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(CHECKOUT_ENV, str(ROOT))
+    assert enter_checkout() == {"directory": str(ROOT)}
+    assert Path.cwd() == ROOT
+
+
+@pytest.mark.parametrize("home", [None, "/"])
+def test_a_worker_without_its_checkout_says_so(
+    home: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if home is None:
+        monkeypatch.delenv(CHECKOUT_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CHECKOUT_ENV, home)
+    with pytest.raises(ConfigError, match=CHECKOUT_ENV):
+        enter_checkout()
+
+
+def test_check_names_the_stale_file(tmp_path: Path) -> None:
+    stale = tmp_path / "prefect.yaml"
+    stale.write_text("deployments: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="out of date") as caught:
+        check_prefect_file(build_plan(FEEDS_DIR), stale)
+    assert caught.value.reason == "deployments_out_of_date"
+    assert "+  - name: lab_results-nightly" in str(caught.value)  # the diff says what
+
+
+def test_a_per_feed_flow_is_one_table_row() -> None:
+    checks = FeedDeployment(
+        suffix="health",
+        entrypoint="src/batchbridge/flows/nightly.py:nightly_feed",
+        description="Health of {feed} ({tenant}).",
+        schedules=lambda config: [{"cron": "0 9 * * *", "timezone": config.timezone}],
+        tenant_bound=False,
+    )
+    plan = build_plan(FEEDS_DIR, feed_deployments=[checks], fixed_deployments=[])
+    data = yaml.safe_load(plan.text)
+    (entry,) = data["deployments"]
+    assert entry["name"] == "lab_results-health"
+    assert entry["description"] == "Health of lab_results (acme_lab)."
+    assert entry["parameters"] == {"feed": "lab_results"}
+    assert entry["work_pool"] == {"name": WORK_POOL}  # not behind the tenant's nightly run
+    assert plan.tenant_queues == {}
+
+
+def test_cli_check_exits_2_while_the_file_is_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchbridge.flows.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["deploy", "--check"]) == 0
+    stale = tmp_path / "prefect.yaml"
+    stale.write_text("deployments: []\n", encoding="utf-8")
+    assert main(["deploy", "--check", "--prefect-file", str(stale)]) == 2
+    assert "batchbridge deploy" in capsys.readouterr().err
+    assert main(["deploy", "--prefect-file", str(stale)]) == 0  # regenerates it
+    assert main(["deploy", "--check", "--prefect-file", str(stale)]) == 0
+
+
+def test_a_tenant_limit_other_than_the_default_is_applied_and_shown() -> None:
+    default = build_plan(FEEDS_DIR)
+    assert default.tenant_queues == {"tenant-acme_lab": 1}
+    wider = build_plan(FEEDS_DIR, tenant_limits={"acme_lab": 3})
+    assert wider.tenant_queues == {"tenant-acme_lab": 3}
+    assert "at most 3 flow run(s)" in wider.text

@@ -1,4 +1,4 @@
-"""The `batchbridge` command line: run a feed, check feeds, steward quarantined rows, demo."""
+"""The `batchbridge` command line: run and deploy feeds, steward quarantined rows, demo."""
 
 from __future__ import annotations
 
@@ -43,14 +43,51 @@ def build_parser() -> argparse.ArgumentParser:
     listing = feed_commands.add_parser("list", help="list feeds")
     listing.add_argument("--config-dir", type=Path, default=None)
 
+    deploy = commands.add_parser(
+        "deploy",
+        help="generate deployments/prefect.yaml from the feeds (and deploy it with --apply)",
+    )
+    deploy.add_argument(
+        "--check", action="store_true", help="fail (exit 2) when prefect.yaml is out of date"
+    )
+    deploy.add_argument(
+        "--apply",
+        action="store_true",
+        help="also create the work pool and per-tenant limits, then `prefect deploy --all`",
+    )
+    deploy.add_argument("--config-dir", type=Path, default=None, help="folder of feed YAMLs")
+    deploy.add_argument("--prefect-file", type=Path, default=None, help="prefect.yaml to write")
+
+    health = commands.add_parser("health", help="check feeds can run tonight (all when no FEED)")
+    health.add_argument("feed", nargs="?", default=None)
+    health.add_argument("--config-dir", type=Path, default=None)
+    health.add_argument("--json", action="store_true")
+
     demo = commands.add_parser("demo", help="end-to-end demo on embedded defaults")
     demo.add_argument("--rows", type=int, default=2000)
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     demo.add_argument("--json", action="store_true")
 
+    alerts = commands.add_parser("alerts", help="check arrival windows and keys; test alert routes")
+    alert_commands = alerts.add_subparsers(dest="alerts_command", required=True)
+    arrivals = alert_commands.add_parser(
+        "check-arrivals", help="alert when the feed's file is late or a key nears expiry"
+    )
+    arrivals.add_argument("feed")
+    arrivals.add_argument("--config-dir", type=Path, default=None)
+    arrivals.add_argument("--now", default=None, help="ISO time with offset instead of the clock")
+    arrivals.add_argument("--json", action="store_true")
+    probe = alert_commands.add_parser("test", help="post a test alert to the feed's webhook")
+    probe.add_argument("feed")
+    probe.add_argument("--config-dir", type=Path, default=None)
+
     from batchbridge.flows.steward_commands import add_steward_commands
 
     add_steward_commands(commands)
+
+    from batchbridge.flows.onboard import add_onboard_commands
+
+    add_onboard_commands(commands)
     return parser
 
 
@@ -85,10 +122,35 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.feeds_command == "check":
                 return check_feed_command(args.feed, config_dir=args.config_dir)
             return list_feeds_command(config_dir=args.config_dir)
+        if args.command == "deploy":
+            from batchbridge.flows.deploy import deploy_command
+
+            return deploy_command(
+                check=args.check,
+                apply=args.apply,
+                feeds_dir=args.config_dir,
+                prefect_file=args.prefect_file,
+            )
+        if args.command == "health":
+            from batchbridge.flows.health_command import health_command
+
+            return health_command(args.feed, config_dir=args.config_dir, as_json=args.json)
+        if args.command == "onboard":
+            from batchbridge.flows.onboard import run_onboard_command
+
+            return run_onboard_command(args)
         if args.command == "demo":
             from batchbridge.flows.demo import run_demo
 
             return run_demo(rows=args.rows, workdir=args.workdir, as_json=args.json)
+        if args.command == "alerts":
+            from batchbridge.flows.arrivals import check_arrivals_command, send_probe_command
+
+            if args.alerts_command == "check-arrivals":
+                return check_arrivals_command(
+                    args.feed, config_dir=args.config_dir, now=args.now, as_json=args.json
+                )
+            return send_probe_command(args.feed, config_dir=args.config_dir)
         if args.command in STEWARD_COMMANDS:
             from batchbridge.flows.steward_commands import run_steward_command
 

@@ -21,13 +21,16 @@ from batchbridge.connectors.decryptors.registry import build_decryptor
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.sources.base import RemoteFile, Source
 from batchbridge.connectors.sources.registry import open_source
+from batchbridge.connectors.sources.staging import prepare_staging_dir
 from batchbridge.connectors.targets.base import Target
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
+from batchbridge.flows.deploy import tenant_slot
 from batchbridge.ledger.crypto import RowCipher
 from batchbridge.ledger.models import FileState, RunStatus
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings, load_settings
+from batchbridge.tasks.alerts import alert_on_run
 from batchbridge.tasks.decrypt import decrypt_file
 from batchbridge.tasks.discover import list_ready_files, select_files
 from batchbridge.tasks.fetch import fetch_file
@@ -98,6 +101,18 @@ def load_feed_mappings(loaded: LoadedFeed, schema: FeedSchema) -> dict[str, pl.D
     }
 
 
+def feed_staging_dir(staging_dir: Path, tenant: str, feed: str) -> Path:
+    """`staging_dir/<tenant>/<feed>`, every level 0700.
+
+    Runs of different feeds share a worker and may fetch files of the same name at the
+    same moment; one tenant's ciphertext never sits in another tenant's folder.
+    """
+    folder = prepare_staging_dir(staging_dir)
+    for part in (tenant, feed):
+        folder = prepare_staging_dir(folder / part)
+    return folder
+
+
 def archive_remote(source: Source, remote: RemoteFile, report: FileReport) -> None:
     """Move the remote file to the processed folder; a failure here leaves the file done.
 
@@ -135,7 +150,8 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
     fetched_path: Path | None = None
     try:
         with _timed(timings, "fetch"):
-            fetched = fetch_file(run.source, remote, run.settings.staging_dir)
+            staging = feed_staging_dir(run.settings.staging_dir, run.tenant, run.feed)
+            fetched = fetch_file(run.source, remote, staging)
         fetched_path = fetched.local_path
         run.store.advance_file(claim.file_id, FileState.FETCHED, sha256=fetched.sha256)
 
@@ -261,11 +277,16 @@ def run_feed(
     files: list[str] | None = None,
     force: bool = False,
     flow_run_id: str | None = None,
+    attempt: int = 1,
 ) -> RunReport:
-    """Run one feed once and return its report (also stored in the ledger)."""
+    """Run one feed once and return its report (also stored in the ledger).
+
+    `attempt` > 1 is Prefect running the same flow run again (a Retry from the UI):
+    like a custom run with files or force, the run is marked a rerun.
+    """
     store = LedgerStore.from_url(settings.database_url)
     config = loaded.config
-    is_rerun = bool(files) or force
+    is_rerun = bool(files) or force or attempt > 1
     run_id = store.start_run(
         tenant=config.tenant, feed=config.feed, flow_run_id=flow_run_id, is_rerun=is_rerun
     )
@@ -338,8 +359,18 @@ def nightly_feed(
     log = get_run_logger()
     settings = load_settings(config_dir)
     loaded = load_feed(feed, settings.config_dir)
-    report = run_feed(loaded, settings, files=files, force=force, flow_run_id=flow_run.id)
+    with tenant_slot(loaded.config.tenant):
+        report = run_feed(
+            loaded,
+            settings,
+            files=files,
+            force=force,
+            flow_run_id=flow_run.id,
+            attempt=flow_run.run_count,
+        )
     publish_report_artifact(report)
+    # After the report is stored and published; alert_on_run never raises.
+    alerts = alert_on_run(report, loaded).counts()
     for file_report in report.files:
         log.info(
             "%s: %s (read %s, valid %s, quarantined %s%s)",
@@ -360,4 +391,4 @@ def nightly_feed(
             else f"run failed at {report.error['stage'] if report.error else '?'}"
         )
         raise RunFailedError(f"feed {feed} run {report.run_id}: {detail}")
-    return {"run_id": report.run_id, "status": report.status, **report.totals()}
+    return {"run_id": report.run_id, "status": report.status, **report.totals(), **alerts}

@@ -113,7 +113,8 @@ def build_lab_scenario(
     secrets_dir.chmod(0o700)
 
     partner = GpgKeyring(root / "partner-gnupg")
-    passphrase = secrets.token_urlsafe(16)
+    # Hex, not urlsafe: a passphrase starting with "-" is read by gpg as an option.
+    passphrase = secrets.token_hex(16)
     partner_fpr = partner.generate_key("Acme Lab Signing", "signing@acme-lab.example")
     ours = GpgKeyring(root / "our-gnupg")
     try:

@@ -10,7 +10,8 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -59,6 +60,11 @@ from batchbridge.errors import (
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# paramiko logs a refused key exchange as an ERROR traceback from its thread; a host key
+# probe raises that refusal as our own error, so its transport logs to a quiet channel.
+_PROBE_LOG_CHANNEL = "batchbridge.sftp.host_key_probe"
+logging.getLogger(_PROBE_LOG_CHANNEL).setLevel(logging.CRITICAL)
+
 # Same chunk size as paramiko's getfo(); prefetch keeps the pipe full either way.
 _CHUNK = 32768
 _MAX_BACKOFF_SECONDS = 30.0
@@ -82,6 +88,19 @@ _TRANSIENT_TYPES = (
     socket.gaierror,
     paramiko.ssh_exception.NoValidConnectionsError,
 )
+
+
+@dataclass(frozen=True)
+class SftpProbe:
+    """What `SftpSource.probe()` learned: whether we logged in, and counts from one listing.
+
+    `error` is the first failure (None when both steps passed); no file name or content.
+    """
+
+    authenticated: bool
+    matching: int | None = None
+    refused: int | None = None
+    error: BatchbridgeError | None = None
 
 
 class SftpSource:
@@ -161,6 +180,24 @@ class SftpSource:
             return
         check_remote_name(remote.name)
         self._run(f"move {remote.name}", lambda sftp: self._move_once(sftp, remote))
+
+    def probe(self) -> SftpProbe:
+        """Connect (pinned host key, key auth) and list `remote_dir` once; download nothing.
+
+        Errors are returned rather than raised, together with whether authentication got
+        through, so a health check can tell bad credentials from a missing folder.
+        """
+        try:
+            self._run("connect", lambda sftp: None)
+        except BatchbridgeError as exc:
+            return SftpProbe(authenticated=False, error=exc)
+        try:
+            listing = self._run(f"list {self.config.remote_dir}", self._list_once)
+        except BatchbridgeError as exc:
+            return SftpProbe(authenticated=True, error=exc)
+        return SftpProbe(
+            authenticated=True, matching=len(listing.candidates), refused=len(listing.skipped)
+        )
 
     def close(self) -> None:
         """Close the SFTP session and the SSH connection."""
@@ -420,6 +457,50 @@ class SftpSource:
         if isinstance(exc, OSError | paramiko.SFTPError):
             return SourceError(f"{action} on {self.where} failed ({_brief(exc)})")
         return None
+
+
+def server_host_key(
+    host: str,
+    port: int,
+    *,
+    disabled_algorithms: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> paramiko.PKey:
+    """The host key a server proves it holds in an SSH key exchange; no authentication.
+
+    Nothing is trusted and no credential is sent: the caller compares the key with the
+    pinned ones, or shows its fingerprint to be confirmed out of band. The key exchange
+    itself proves the server holds the matching private key. `disabled_algorithms` are
+    host key algorithms not to negotiate (to ask for one key type of a server with several).
+    """
+    where = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror:
+        raise SourceError(f"cannot resolve host {host!r}", reason="host_unknown") from None
+    except OSError as exc:
+        raise TransientSourceError(
+            f"cannot connect to {where} ({type(exc).__name__}: {_brief(exc)})"
+        ) from None
+    transport = paramiko.Transport(sock, disabled_algorithms={"keys": list(disabled_algorithms)})
+    transport.set_log_channel(_PROBE_LOG_CHANNEL)
+    transport.banner_timeout = timeout
+    transport.handshake_timeout = timeout
+    try:
+        transport.start_client(timeout=timeout)
+        return transport.get_remote_server_key()
+    except paramiko.ssh_exception.IncompatiblePeer as exc:
+        if "host key" in str(exc):
+            raise HostKeyError(
+                f"{where} offers no host key of the requested types", reason="host_key_type"
+            ) from None
+        raise SourceError(f"no common SSH algorithms with {where} ({_brief(exc)})") from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise TransientSourceError(
+            f"SSH handshake with {where} failed ({type(exc).__name__}: {_brief(exc)})"
+        ) from None
+    finally:
+        transport.close()
 
 
 def _listdir_attr(sftp: paramiko.SFTPClient, path: str) -> list[paramiko.SFTPAttributes]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Protocol, runtime_checkable
 
 import polars as pl
 
@@ -48,4 +49,19 @@ class Target(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+CANARY_TABLE = "batchbridge_health_canary"
+"""Health-check table: one row per tenant (tenant, checked_at), kept as the last check."""
+
+
+@runtime_checkable
+class SupportsHealthCanary(Protocol):
+    """A target the health check can prove writable without touching loaded rows."""
+
+    name: str
+
+    def check_writable(self, tenant: str) -> datetime:
+        """Upsert `tenant`'s canary row, read it back and commit; return the time written."""
         ...

@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult
+from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
 from batchbridge.connectors.targets.rows import check_load_request
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
@@ -260,6 +261,57 @@ class PostgresTarget:
             return [] if oid is None else self._columns_of(cur, oid)
 
         return self._execute("list columns", work)
+
+    def check_writable(self, tenant: str) -> datetime:
+        """Upsert `tenant`'s row in `db_schema.batchbridge_health_canary`, read it back, commit.
+
+        Proves, with the credentials loads use, that the server accepts a connection, a
+        write and a commit. The row is kept (one per tenant): its `checked_at` is the last
+        successful check, and a committed write is the stronger proof. Loaded tables are
+        never touched. Retries like a load (transient errors only).
+        """
+        canary = sql.Identifier(self.db_schema, CANARY_TABLE)
+        checked_at = datetime.now(UTC)  # microseconds: timestamptz keeps it exactly
+
+        def work(cur: Cursor, phase: _Phase) -> datetime:
+            phase.name = "prepare canary table"
+            cur.execute(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (self.db_schema, CANARY_TABLE),
+            )
+            if cur.fetchone() is None:
+                # Two feeds' checks creating the table at once would collide on its row
+                # type; the lock makes the second wait and find the table.
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (CANARY_TABLE,))
+                cur.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} "
+                        "(tenant text PRIMARY KEY, checked_at timestamptz NOT NULL)"
+                    ).format(canary)
+                )
+            phase.name = "write canary"
+            cur.execute(
+                sql.SQL(
+                    "INSERT INTO {} (tenant, checked_at) VALUES (%s, %s) "
+                    "ON CONFLICT (tenant) DO UPDATE SET checked_at = EXCLUDED.checked_at"
+                ).format(canary),
+                (tenant, checked_at),
+            )
+            phase.name = "read canary"
+            cur.execute(
+                sql.SQL("SELECT checked_at FROM {} WHERE tenant = %s").format(canary), (tenant,)
+            )
+            row = cur.fetchone()
+            if row is None or row[0] != checked_at:
+                raise TargetError(
+                    f"target {self.name}: the canary row read back from "
+                    f"{self.db_schema}.{CANARY_TABLE} differs from the one written"
+                )
+            phase.name = "commit"
+            return checked_at
+
+        return self._execute("health canary", work)
 
     def close(self) -> None:
         """Close the connection; the next call opens a new one."""

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import polars as pl
 
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult
+from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
 from batchbridge.connectors.targets.rows import check_load_request
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
@@ -182,6 +182,41 @@ class SqliteTarget:
             return self._columns_of(conn)
 
         return self._transaction("list columns", work, write=False)
+
+    def check_writable(self, tenant: str) -> datetime:
+        """Upsert `tenant`'s row in `batchbridge_health_canary`, read it back, commit.
+
+        Same contract as PostgresTarget.check_writable: the row is kept, one per tenant.
+        """
+        canary = _quote(CANARY_TABLE)
+        checked_at = datetime.now(UTC)
+        stamp = checked_at.isoformat(timespec="microseconds")
+
+        def work(conn: sqlite3.Connection, phase: _Phase) -> datetime:
+            phase.name = "prepare canary table"
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS main.{canary} "
+                "(tenant TEXT PRIMARY KEY NOT NULL, checked_at TEXT NOT NULL)"
+            )
+            phase.name = "write canary"
+            conn.execute(
+                f"INSERT INTO main.{canary} (tenant, checked_at) VALUES (?, ?) "
+                "ON CONFLICT (tenant) DO UPDATE SET checked_at = excluded.checked_at",
+                (tenant, stamp),
+            )
+            phase.name = "read canary"
+            row = conn.execute(
+                f"SELECT checked_at FROM main.{canary} WHERE tenant = ?", (tenant,)
+            ).fetchone()
+            if row is None or row[0] != stamp:
+                raise TargetError(
+                    f"target {self.name}: the canary row read back from "
+                    f"{self.path.name}:{CANARY_TABLE} differs from the one written"
+                )
+            phase.name = "commit"
+            return checked_at
+
+        return self._transaction("health canary", work, write=True)
 
     def close(self) -> None:
         """Close the database file; the next call opens it again."""

@@ -1,0 +1,244 @@
+"""Post alert messages to a Slack/Teams-compatible incoming webhook, with bounded retries."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+from pydantic import SecretStr
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from batchbridge.errors import AlertDeliveryError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Slack answers errors with a short code in the body ("invalid_payload", "no_service");
+# only a body of that shape is quoted, anything else could be arbitrary server text.
+_SLACK_ERROR_CODE = re.compile(r"^[a-z_]{1,64}$")
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class WebhookSender(Protocol):
+    """Something that delivers one JSON payload; raises AlertDeliveryError when it cannot."""
+
+    def post(self, payload: Mapping[str, Any]) -> int:
+        """Send `payload`; return the HTTP status of the accepted answer."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class TransientWebhookError(AlertDeliveryError):
+    """Raised for a connection error, a 5xx or a 429: worth a bounded retry."""
+
+    reason = "alert_webhook_transient"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_webhook_url(url: str) -> httpx.URL:
+    """Parse a webhook URL: https, or plain http only to a loopback receiver (tests).
+
+    A webhook URL holds a token: it must not cross a network in clear. Errors never
+    repeat the URL.
+    """
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, TypeError):
+        raise ConfigError("the alert webhook is not a valid URL") from None
+    if parsed.scheme == "https" and parsed.host:
+        return parsed
+    if parsed.scheme == "http" and parsed.host and _is_loopback(parsed.host):
+        return parsed
+    raise ConfigError(
+        "the alert webhook must be an https:// URL (http:// only to a loopback receiver)"
+    )
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a 429/503 answer asks us to wait: delta-seconds or an HTTP date; None if absent."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
+
+
+# Redact webhook URLs from httpx's own request log lines (INFO "HTTP Request: POST <url>"):
+# they are silent at Prefect's default levels, but an operator raising the log level must
+# not put a token into the logs.
+_SECRET_URLS: set[str] = set()
+_SECRET_URLS_LOCK = threading.Lock()
+
+
+class _RedactWebhookUrls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and _SECRET_URLS:
+            record.args = tuple(
+                f"{arg.scheme}://{arg.host}/<redacted>"
+                if isinstance(arg, httpx.URL) and str(arg) in _SECRET_URLS
+                else arg
+                for arg in record.args
+            )
+        return True
+
+
+_REDACTOR = _RedactWebhookUrls()
+
+
+def _register_secret_url(url: httpx.URL) -> None:
+    with _SECRET_URLS_LOCK:
+        _SECRET_URLS.add(str(url))
+        httpx_logger = logging.getLogger("httpx")
+        if _REDACTOR not in httpx_logger.filters:
+            httpx_logger.addFilter(_REDACTOR)
+
+
+class WebhookClient:
+    """POSTs JSON to one incoming webhook; retries connection errors, 5xx and 429 only.
+
+    Retries are bounded (`max_attempts`), with exponential backoff and jitter; a 429 or
+    503 with Retry-After waits what the server asks, up to `max_retry_after` seconds.
+    Any other answer (4xx, 3xx) fails at once: sending it again cannot help. TLS
+    certificates are verified unless `verify` says otherwise.
+    """
+
+    def __init__(
+        self,
+        url: SecretStr,
+        *,
+        max_attempts: int = 4,
+        initial_wait: float = 0.5,
+        max_wait: float = 8.0,
+        max_retry_after: float = 10.0,
+        timeout_seconds: float = 10.0,
+        verify: bool | str = True,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigError("alert webhook: max_attempts must be at least 1")
+        self._url = check_webhook_url(url.get_secret_value())
+        _register_secret_url(self._url)
+        self.max_attempts = max_attempts
+        self.initial_wait = initial_wait
+        self.max_wait = max_wait
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._backoff = wait_exponential_jitter(
+            multiplier=initial_wait, max=max_wait, jitter=initial_wait
+        )
+        self._client = httpx.Client(
+            timeout=timeout_seconds,
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+            headers={"User-Agent": "batchbridge-alerts"},
+        )
+
+    def __repr__(self) -> str:
+        # Never the path: it is the webhook's token.
+        return f"WebhookClient(host={self._url.host!r})"
+
+    def __enter__(self) -> WebhookClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the HTTP connection pool."""
+        self._client.close()
+
+    def post(self, payload: Mapping[str, Any]) -> int:
+        """Send `payload` as JSON; return the 2xx status, or raise AlertDeliveryError."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientWebhookError),
+            before_sleep=self._log_retry,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            status: int = retrying(self._attempt, payload)
+        except TransientWebhookError as exc:
+            raise AlertDeliveryError(
+                f"{exc} (gave up after {self.max_attempts} attempts)",
+                reason="alert_webhook_unavailable",
+            ) from None
+        return status
+
+    def _attempt(self, payload: Mapping[str, Any]) -> int:
+        try:
+            response = self._client.post(self._url, json=dict(payload))
+        except httpx.TransportError as exc:
+            # The class names the problem (ConnectError, ReadTimeout); its text may hold the URL.
+            raise TransientWebhookError(
+                f"alert webhook at {self._url.host}: {type(exc).__name__}"
+            ) from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return status
+        where = f"alert webhook at {self._url.host}: HTTP {status}"
+        if status == 429 or status >= 500:
+            raise TransientWebhookError(
+                where, retry_after=parse_retry_after(response.headers.get("Retry-After"))
+            )
+        body = response.text.strip()
+        detail = f" ({body})" if _SLACK_ERROR_CODE.match(body) else ""
+        raise AlertDeliveryError(f"{where}{detail}; not retried", reason="alert_webhook_refused")
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, TransientWebhookError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        return float(self._backoff(state))
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "%s; attempt %d of %d, retrying in %.2fs",
+            exc,
+            state.attempt_number,
+            self.max_attempts,
+            wait,
+        )

@@ -1,0 +1,308 @@
+"""The arrivals check flow: a partner file late for its window, and keys near expiry, as alerts.
+
+Whether the file arrived is judged from two places, because either alone is wrong:
+
+- the partner's server, listed now (the same "ready" listing the nightly run uses). The
+  SLA is about the file being *on the server* by `expected_by`, and the check runs
+  before the nightly run has fetched anything, so the ledger alone would cry wolf. A
+  partner uploading shortly before midnight for a deadline shortly after it is also
+  only visible here. Files the ledger already knew before today's local midnight (a
+  failed file left on the server, yesterday's file when nothing moves files away) do
+  not count.
+- the ledger: files first seen by a run since local midnight. A run may already have
+  fetched the file and moved it to the processed folder, so it is no longer listed.
+
+When the server cannot be listed (down, host key changed) the ledger alone decides and
+the alert says so; the health check reports the server problem itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from prefect import flow, get_run_logger
+from sqlalchemy import or_, select
+
+from batchbridge.config import ALL_WEEKDAYS, ArrivalWindow, LoadedFeed, load_feed
+from batchbridge.connectors.decryptors.keys import key_expiries
+from batchbridge.connectors.decryptors.registry import decryptor_keys
+from batchbridge.connectors.sources.base import RemoteFile
+from batchbridge.connectors.sources.registry import open_source
+from batchbridge.errors import BatchbridgeError, ConfigError
+from batchbridge.ledger.models import LedgerFile
+from batchbridge.ledger.store import LedgerStore
+from batchbridge.settings import Settings, load_settings
+from batchbridge.tasks.alerts import (
+    Alert,
+    AlertKind,
+    KeyExpiry,
+    key_expiry_alerts,
+    late_file_alert,
+    open_webhook,
+    probe_alert,
+    render_alert,
+    send_alerts,
+    webhook_payload,
+)
+from batchbridge.tasks.discover import list_ready_files
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SeenFile:
+    """A file the ledger knows for the feed, and when a run first saw it (UTC)."""
+
+    name: str
+    size: int
+    first_seen_at: datetime
+
+
+def local_deadline(window: ArrivalWindow, tz: str, now: datetime) -> datetime | None:
+    """The deadline of `now`'s local day in `tz`, or None when that day expects no file.
+
+    A deadline that does not exist on a spring-forward day (02:30 in a gap) falls an
+    hour later by the clock; one that occurs twice on a fall-back day is the first.
+    """
+    zone = ZoneInfo(tz)
+    local = now.astimezone(zone)
+    if ALL_WEEKDAYS[local.weekday()] not in window.days:
+        return None
+    hour, minute = (int(part) for part in window.expected_by.split(":"))
+    return datetime.combine(local.date(), time(hour, minute), tzinfo=zone)
+
+
+def local_midnight(tz: str, now: datetime) -> datetime:
+    """The start of `now`'s local day in `tz`, as an aware UTC time."""
+    zone = ZoneInfo(tz)
+    local = now.astimezone(zone)
+    return datetime.combine(local.date(), time(0, 0), tzinfo=zone).astimezone(UTC)
+
+
+def is_late(window: ArrivalWindow, tz: str, now: datetime, files_seen_today: int) -> bool:
+    """Whether the partner missed today's window: an expected day, past the deadline, no file."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    deadline = local_deadline(window, tz, now)
+    if deadline is None:
+        return False
+    # Compared in UTC: two datetimes sharing one ZoneInfo compare by wall clock, which
+    # gets the repeated hour of a fall-back night wrong.
+    if now.astimezone(UTC) < deadline.astimezone(UTC):
+        return False
+    return files_seen_today == 0
+
+
+def count_arrivals(listed: Sequence[RemoteFile], seen: Sequence[SeenFile], since: datetime) -> int:
+    """Files that count as today's delivery (see the module docstring for why these)."""
+    known_before = {(f.name, f.size) for f in seen if f.first_seen_at < since}
+    arrived = {(r.name, r.size) for r in listed if (r.name, r.size) not in known_before}
+    arrived |= {(f.name, f.size) for f in seen if f.first_seen_at >= since}
+    return len(arrived)
+
+
+def parse_now(now: str | None) -> datetime:
+    """`now` as an aware UTC time: the given ISO time (tests, backfills) or the clock."""
+    if now is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(now)
+    except ValueError:
+        raise ConfigError(f"now={now!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ConfigError(f"now={now!r} needs a UTC offset (e.g. 2026-11-20T08:00:00-06:00)")
+    return moment.astimezone(UTC)
+
+
+def ledger_files(
+    store: LedgerStore, *, tenant: str, feed: str, since: datetime, names: Sequence[str]
+) -> list[SeenFile]:
+    """Ledger files of the feed first seen since `since`, or carrying one of `names`."""
+    with store.session() as session:
+        rows = session.execute(
+            select(LedgerFile.name, LedgerFile.size, LedgerFile.first_seen_at).where(
+                LedgerFile.tenant == tenant,
+                LedgerFile.feed == feed,
+                # UTC: SQLite keeps the ledger's UTC times without their offset.
+                or_(LedgerFile.first_seen_at >= since.astimezone(UTC), LedgerFile.name.in_(names)),
+            )
+        ).all()
+    return [
+        SeenFile(
+            name=name,
+            size=size,
+            first_seen_at=seen if seen.tzinfo is not None else seen.replace(tzinfo=UTC),
+        )
+        for name, size, seen in rows
+    ]
+
+
+@dataclass(frozen=True)
+class ArrivalCheck:
+    """Outcome of the late-file check for one feed at one moment."""
+
+    deadline: datetime | None
+    files_seen: int | None
+    late: bool
+    source_problem: str | None = None
+
+
+def check_late_file(loaded: LoadedFeed, settings: Settings, now: datetime) -> ArrivalCheck:
+    """Apply the feed's arrival window; the server and the ledger are read only when due."""
+    config = loaded.config
+    window = config.alerts.arrival
+    if window is None:
+        return ArrivalCheck(deadline=None, files_seen=None, late=False)
+    deadline = local_deadline(window, config.timezone, now)
+    if deadline is None or now < deadline.astimezone(UTC):
+        return ArrivalCheck(deadline=deadline, files_seen=None, late=False)
+
+    listed: list[RemoteFile] = []
+    source_problem: str | None = None
+    try:
+        source = open_source(loaded)
+        try:
+            listed = list_ready_files(source)
+        finally:
+            source.close()
+    except BatchbridgeError as exc:
+        source_problem = exc.reason
+        logger.warning("%s: source not listed for the arrival check: [%s]", config.feed, exc.reason)
+
+    since = local_midnight(config.timezone, now)
+    store = LedgerStore.from_url(settings.database_url)
+    try:
+        seen = ledger_files(
+            store,
+            tenant=config.tenant,
+            feed=config.feed,
+            since=since,
+            names=[r.name for r in listed],
+        )
+    finally:
+        store.engine.dispose()
+    files_seen = count_arrivals(listed, seen, since)
+    return ArrivalCheck(
+        deadline=deadline,
+        files_seen=files_seen,
+        late=is_late(window, config.timezone, now, files_seen),
+        source_problem=source_problem,
+    )
+
+
+def read_key_expiries(loaded: LoadedFeed) -> list[KeyExpiry]:
+    """Expiry of every part of the partner's pinned keys and of our private key."""
+    keys = decryptor_keys(loaded.config.pgp, base_dir=loaded.base_dir)
+    found: list[KeyExpiry] = []
+    for index, armored in enumerate(keys.partner_public_keys, start=1):
+        found += [
+            KeyExpiry(f"partner_key_{index}", fpr, expires)
+            for fpr, expires in key_expiries([armored])
+        ]
+    found += [
+        KeyExpiry("our_key", fpr, expires)
+        for fpr, expires in key_expiries([keys.private_key.get_secret_value()])
+    ]
+    return found
+
+
+@flow(name="check-arrivals", flow_run_name="{feed}", log_prints=False, persist_result=False)
+def check_arrivals(
+    feed: str, config_dir: str | None = None, now: str | None = None
+) -> dict[str, object]:
+    """Alert when the feed's file is late for its arrival window, or a key nears expiry.
+
+    Schedule it daily a few minutes after the window's `expected_by`, in the feed's time
+    zone. `now` (ISO 8601 with offset) replaces the clock, for tests and backfills. Fails
+    after sending what it could when a key cannot be read.
+    """
+    log = get_run_logger()
+    settings = load_settings(config_dir)
+    loaded = load_feed(feed, settings.config_dir)
+    config = loaded.config
+    moment = parse_now(now)
+    alerts: list[Alert] = []
+
+    arrival = check_late_file(loaded, settings, moment)
+    if arrival.deadline is not None and arrival.files_seen is not None:
+        log.info(
+            "%s: %d file(s) arrived for the %s deadline%s",
+            feed,
+            arrival.files_seen,
+            f"{arrival.deadline:%Y-%m-%d %H:%M %Z}",
+            " (server not listed: ledger only)" if arrival.source_problem else "",
+        )
+    if arrival.late and arrival.deadline is not None:
+        alerts.append(
+            late_file_alert(
+                config,
+                deadline=arrival.deadline,
+                checked_at=moment,
+                source_problem=arrival.source_problem,
+            )
+        )
+
+    key_problem: BatchbridgeError | None = None
+    try:
+        alerts += key_expiry_alerts(config, read_key_expiries(loaded), now=moment)
+    except BatchbridgeError as exc:
+        key_problem = exc
+        log.error("%s: keys not checked for expiry: [%s] %s", feed, exc.reason, exc)
+
+    summary = send_alerts(alerts, loaded)
+    if key_problem is not None:
+        raise ConfigError(f"feed {feed}: keys not checked for expiry: {key_problem}")
+    return {
+        "feed": feed,
+        "checked_at": moment.isoformat(timespec="seconds"),
+        "deadline": arrival.deadline.isoformat() if arrival.deadline else None,
+        "files_seen": arrival.files_seen,
+        "late": arrival.late,
+        "kinds": sorted({str(a.kind) for a in alerts}),
+        **summary.counts(),
+    }
+
+
+def check_arrivals_command(
+    feed: str, *, config_dir: Path | None, now: str | None, as_json: bool
+) -> int:
+    """`batchbridge alerts check-arrivals FEED`: run the check flow once, print its outcome."""
+    from batchbridge.flows.cli import print_json
+
+    settings = load_settings(config_dir)
+    load_feed(feed, settings.config_dir)  # a broken YAML fails here, before Prefect starts
+    result = check_arrivals(feed=feed, config_dir=str(settings.config_dir), now=now)
+    if as_json:
+        print_json(result)
+    else:
+        late = "LATE" if result["late"] else "on time or not due yet"
+        kinds = result["kinds"]
+        shown = ", ".join(str(k) for k in kinds) if isinstance(kinds, list) and kinds else "none"
+        print(
+            f"feed {feed}: file {late}; files seen {result['files_seen']}; "
+            f"alerts {result['alerts']} ({shown}), undelivered {result['alerts_undelivered']}"
+        )
+    return 0
+
+
+def send_probe_command(feed: str, *, config_dir: Path | None) -> int:
+    """`batchbridge alerts test FEED`: post a test message to the feed's webhook."""
+    settings = load_settings(config_dir)
+    loaded = load_feed(feed, settings.config_dir)
+    alert = probe_alert(loaded.config)
+    sender = open_webhook(loaded)
+    if sender is None:
+        print(f"feed {feed} has no alerts.webhook: alerts are only logged")
+        print(render_alert(alert))
+        return ConfigError.exit_code
+    try:
+        status = sender.post(webhook_payload(alert))
+    finally:
+        sender.close()
+    print(f"feed {feed}: test alert delivered ({AlertKind.TEST}, HTTP {status})")
+    return 0
