@@ -27,6 +27,7 @@ from batchbridge.connectors.targets.registry import open_target
 from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
 from batchbridge.flows.deploy import tenant_slot
 from batchbridge.ledger.crypto import RowCipher
+from batchbridge.ledger.locks import feed_lock
 from batchbridge.ledger.models import FileState, RunStatus
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings, load_settings
@@ -270,34 +271,18 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
     return report
 
 
-def run_feed(
+def _process_feed(
     loaded: LoadedFeed,
     settings: Settings,
+    store: LedgerStore,
+    report: RunReport,
     *,
-    files: list[str] | None = None,
-    force: bool = False,
-    flow_run_id: str | None = None,
-    attempt: int = 1,
-) -> RunReport:
-    """Run one feed once and return its report (also stored in the ledger).
-
-    `attempt` > 1 is Prefect running the same flow run again (a Retry from the UI):
-    like a custom run with files or force, the run is marked a rerun.
-    """
-    store = LedgerStore.from_url(settings.database_url)
+    files: list[str] | None,
+    force: bool,
+) -> None:
+    """Discover and process the feed's files into `report`; run-level errors land in it."""
     config = loaded.config
-    is_rerun = bool(files) or force or attempt > 1
-    run_id = store.start_run(
-        tenant=config.tenant, feed=config.feed, flow_run_id=flow_run_id, is_rerun=is_rerun
-    )
-    started = time.perf_counter()
-    report = RunReport(
-        run_id=run_id,
-        tenant=config.tenant,
-        feed=config.feed,
-        is_rerun=is_rerun,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    run_id = report.run_id
     stage = "setup"
     try:
         with ExitStack() as stack:
@@ -336,6 +321,45 @@ def run_feed(
                     report.files.append(file_report)
     except BatchbridgeError as exc:
         report.error = {"stage": stage, "reason": exc.reason, "message": str(exc)}
+
+
+def run_feed(
+    loaded: LoadedFeed,
+    settings: Settings,
+    *,
+    files: list[str] | None = None,
+    force: bool = False,
+    flow_run_id: str | None = None,
+    attempt: int = 1,
+) -> RunReport:
+    """Run one feed once and return its report (also stored in the ledger).
+
+    `attempt` > 1 is Prefect running the same flow run again (a Retry from the UI):
+    like a custom run with files or force, the run is marked a rerun.
+    """
+    store = LedgerStore.from_url(settings.database_url)
+    config = loaded.config
+    is_rerun = bool(files) or force or attempt > 1
+    run_id = store.start_run(
+        tenant=config.tenant, feed=config.feed, flow_run_id=flow_run_id, is_rerun=is_rerun
+    )
+    started = time.perf_counter()
+    report = RunReport(
+        run_id=run_id,
+        tenant=config.tenant,
+        feed=config.feed,
+        is_rerun=is_rerun,
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    # One run per feed at a time: a second run started meanwhile (a UI rerun during the
+    # nightly run, a double trigger) does nothing rather than race for the same files.
+    with feed_lock(store.engine, tenant=config.tenant, feed=config.feed) as locked:
+        if not locked:
+            report.notes.append(
+                "another run of this feed is in progress: this run did nothing (feed_busy)"
+            )
+        else:
+            _process_feed(loaded, settings, store, report, files=files, force=force)
     report.seconds = round(time.perf_counter() - started, 3)
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     failed = bool(report.failed_files) or report.error is not None

@@ -56,6 +56,7 @@ class RunReport:
     files: list[FileReport] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     error: dict[str, str] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failed_files(self) -> list[FileReport]:
@@ -132,6 +133,7 @@ def render_text(report: RunReport) -> str:
             lines.append(f"    seconds: {timing}")
     for name, why in report.skipped.items():
         lines.append(f"{name[:44]:<44} skipped     ({why})")
+    lines += [f"note: {note}" for note in report.notes]
     if report.error:
         lines.append(
             f"run failed at {report.error['stage']}: [{report.error['reason']}] "
@@ -176,6 +178,8 @@ def render_markdown(report: RunReport) -> str:
     ]
     totals = ", ".join(f"{k} {v}" for k, v in report.totals().items())
     parts = [header, "", f"Totals: {totals}", "", *rows]
+    if report.notes:
+        parts += ["", *(f"> {note}" for note in report.notes)]
     if report.error:
         failures.insert(
             0,
