@@ -28,6 +28,10 @@ lint: $(STAMP)
 test: system-deps lint
 	$(BIN)/pytest
 
+# Full crash/fault/hostile-input/PHI suites (a quick subset runs in `make test`).
+test-reliability: system-deps $(STAMP)
+	BATCHBRIDGE_RELIABILITY=full $(BIN)/pytest tests/reliability -p no:randomly
+
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
