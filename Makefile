@@ -30,7 +30,7 @@ test: system-deps lint
 
 # Full crash/fault/hostile-input/PHI suites (a quick subset runs in `make test`).
 test-reliability: system-deps $(STAMP)
-	BATCHBRIDGE_RELIABILITY=full $(BIN)/pytest tests/reliability -p no:randomly
+	BATCHBRIDGE_RELIABILITY=full $(BIN)/pytest tests/reliability
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
