@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.plugins.postgres",
     "tests.plugins.gpg",
     "tests.plugins.prefect",
+    "tests.plugins.scenario",
 ]

@@ -21,6 +21,7 @@ holds no nulls, and nothing is inferred, trimmed, converted or filled in.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import re
 from collections.abc import Iterator, Sequence
@@ -117,6 +118,27 @@ def _shown(name: str) -> str:
     return repr(name if len(name) <= _NAME_LIMIT else name[:_NAME_LIMIT] + "…")
 
 
+def _describe_unknown(
+    names: Sequence[str], strangers: Sequence[str], columns: tuple[str, ...]
+) -> str:
+    """Where unexpected header cells are, naming only OUR columns, never the partner's text.
+
+    A header cell can hold anything (a shifted data row, a pasted value), so it is not
+    echoed: the position is given, with the expected column it most resembles, if any.
+    """
+    described = []
+    for position, name in enumerate(names, start=1):
+        if name not in strangers:
+            continue
+        if name in columns:
+            described.append(f"{_shown(name)} (position {position})")
+            continue
+        close = difflib.get_close_matches(name.strip().lower(), columns, n=1, cutoff=0.75)
+        hint = f", close to expected {_shown(close[0])}" if close else ""
+        described.append(f"position {position} (name withheld{hint})")
+    return ", ".join(described)
+
+
 def _check_header(names: Sequence[str], columns: tuple[str, ...]) -> None:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     missing = [column for column in columns if column not in names]
@@ -132,9 +154,9 @@ def _check_header(names: Sequence[str], columns: tuple[str, ...]) -> None:
     if missing:
         problems.append("missing columns: " + ", ".join(_shown(n) for n in missing))
     if unknown:
-        problems.append("unknown columns: " + ", ".join(_shown(n) for n in unknown))
+        problems.append("unknown columns: " + _describe_unknown(names, unknown, columns))
     if duplicates:
-        problems.append("duplicate columns: " + ", ".join(_shown(n) for n in duplicates))
+        problems.append("duplicate columns: " + _describe_unknown(names, duplicates, columns))
     if problems:
         raise SchemaDriftError("schema drift: " + "; ".join(problems))
 

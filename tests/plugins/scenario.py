@@ -1,4 +1,4 @@
-"""Integration fixtures: a lab_results feed on the module's real sshd, loading real PostgreSQL."""
+"""pytest fixtures: a lab_results feed on the module's real sshd, loading real PostgreSQL."""
 
 from __future__ import annotations
 
