@@ -19,11 +19,12 @@ from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.decryptors.base import Decryptor
 from batchbridge.connectors.decryptors.registry import build_decryptor
 from batchbridge.connectors.secrets import resolve_secret
-from batchbridge.connectors.sources.base import RemoteFile, Source
+from batchbridge.connectors.sources.base import FetchedFile, RemoteFile, Source
 from batchbridge.connectors.sources.registry import open_source
 from batchbridge.connectors.sources.staging import prepare_staging_dir
 from batchbridge.connectors.targets.base import Target
 from batchbridge.connectors.targets.registry import open_target
+from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
 from batchbridge.flows.deploy import tenant_slot
 from batchbridge.ledger.crypto import RowCipher
@@ -128,6 +129,45 @@ def archive_remote(source: Source, remote: RemoteFile, report: FileReport) -> No
         logger.warning("%s: %s", remote.name, report.message)
 
 
+def archive_leftover(run: FeedRun, remote: RemoteFile) -> None:
+    """Archive a file an earlier run reconciled but never moved (it stopped in between).
+
+    Without this a run killed after reconciling a file, or whose move failed, leaves the
+    file in the inbox for good: every later run skips it as already done. Its bytes are
+    fetched and compared with the reconciled ones first, so a new upload that merely
+    shares the name and size is never filed away unprocessed.
+    """
+    assert run.source is not None
+    fetched: FetchedFile | None = None
+    try:
+        staging = feed_staging_dir(run.settings.staging_dir, run.tenant, run.feed)
+        fetched = fetch_file(run.source, remote, staging)
+        if not run.store.is_done(
+            tenant=run.tenant,
+            feed=run.feed,
+            name=remote.name,
+            size=remote.size,
+            sha256=fetched.sha256,
+        ):
+            run.report.notes.append(
+                f"{remote.name}: same name and size as a reconciled file but other bytes: "
+                "left in the inbox, not processed (rerun it with force to load it)"
+            )
+            return
+        run.source.mark_processed(remote)
+        run.report.notes.append(
+            f"{remote.name}: reconciled by an earlier run that did not archive it: "
+            "moved to the processed folder now"
+        )
+    except BatchbridgeError as exc:
+        run.report.notes.append(
+            f"{remote.name}: reconciled, but still not moved to the processed folder: {exc}"
+        )
+    finally:
+        if fetched is not None:
+            fetched.local_path.unlink(missing_ok=True)
+
+
 def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport | None:
     """Take one file through every stage; a failure is recorded, never raised."""
     assert run.source is not None and run.decryptor is not None
@@ -142,6 +182,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
     if claim is None:
         run.report.skipped[remote.name] = "already_done"
         return None
+    crash_point("after_claim")
     config = run.loaded.config
     report = FileReport(
         name=remote.name, file_id=claim.file_id, outcome="failed", is_rerun=claim.is_rerun
@@ -154,14 +195,18 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             staging = feed_staging_dir(run.settings.staging_dir, run.tenant, run.feed)
             fetched = fetch_file(run.source, remote, staging)
         fetched_path = fetched.local_path
+        crash_point("after_download")
         run.store.advance_file(claim.file_id, FileState.FETCHED, sha256=fetched.sha256)
+        crash_point("after_fetch_ledger")
 
         stage = "decrypt"
         with _timed(timings, "decrypt"):
             plaintext = decrypt_file(run.decryptor, fetched)
+        crash_point("after_decrypt")
         run.store.advance_file(
             claim.file_id, FileState.VERIFIED, signer_fingerprint=plaintext.signer_fingerprint
         )
+        crash_point("after_verify_ledger")
 
         stage = "validate"
         zone = ZoneInfo(config.timezone)
@@ -171,6 +216,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         )
         with _timed(timings, "validate"):
             validated = validate_file(plaintext.data, config.format, run.schema, vctx)
+        crash_point("after_validate")
         del plaintext  # the bytes are patient data: drop them as soon as they are parsed
         result = validated.result
         rows_read, rows_declared = validated.rows_read, validated.rows_declared
@@ -194,6 +240,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
                 run_id=run.run_id,
                 entries=entries,
             )
+        crash_point("after_quarantine_commit")
         run.store.advance_file(
             claim.file_id,
             FileState.VALIDATED,
@@ -202,6 +249,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             rows_valid=rows_valid,
             rows_quarantined=rows_quarantined,
         )
+        crash_point("after_validated_ledger")
 
         stage = "transform"
         tctx = TransformContext(
@@ -214,6 +262,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         )
         with _timed(timings, "transform"):
             rows = transform_rows(result.valid, run.schema, tctx)
+        crash_point("after_transform")
         # The parsed rows (names, MRNs, ...) are not needed past the transform: release
         # them before the load, as the plaintext is released after parsing.
         del validated, result
@@ -234,7 +283,9 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
                 on_loaded=loaded,
                 load=load_target,
             )
+        crash_point("after_load_ledger")
         run.store.advance_file(claim.file_id, FileState.LOADED)
+        crash_point("before_reconcile")
 
         stage = "reconcile"
         report.balanced = False
@@ -246,12 +297,15 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             loads=[done.result for done in loads],
         )
         report.balanced = True
+        crash_point("after_reconcile_before_ledger")
         run.store.advance_file(claim.file_id, FileState.RECONCILED)
+        crash_point("after_reconcile_before_archive")
 
         report.outcome = "reconciled"
         stage = "archive"
         with _timed(timings, "archive"):
             archive_remote(run.source, remote, report)
+        crash_point("after_archive")
     except BatchbridgeError as exc:
         report.failed_stage = stage
         report.reason = exc.reason
@@ -268,6 +322,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             is_rerun=claim.is_rerun,
             stage_seconds=timings,
         )
+    crash_point("after_file")
     return report
 
 
@@ -306,6 +361,7 @@ def _process_feed(
             stack.callback(source.close)
             run.source = source
             ready = list_ready_files(source)
+            crash_point("after_discover")
             done = {
                 r.name: store.is_done(
                     tenant=config.tenant, feed=config.feed, name=r.name, size=r.size
@@ -319,6 +375,11 @@ def _process_feed(
                 file_report = process_file(run, remote, force=force)
                 if file_report is not None:
                     report.files.append(file_report)
+            if config.source.processed_dir is not None:
+                stage = "archive"
+                for remote in ready:
+                    if discovery.skipped.get(remote.name) == "already_done":
+                        archive_leftover(run, remote)
     except BatchbridgeError as exc:
         report.error = {"stage": stage, "reason": exc.reason, "message": str(exc)}
 
@@ -364,7 +425,9 @@ def run_feed(
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     failed = bool(report.failed_files) or report.error is not None
     report.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    crash_point("during_report")
     store.finish_run(run_id, status=RunStatus(report.status), report=report.to_dict())
+    crash_point("after_report")
     store.engine.dispose()
     return report
 

@@ -16,6 +16,7 @@ from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import Target
 from batchbridge.connectors.targets.registry import open_target
+from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError, ConfigError
 from batchbridge.flows.nightly import load_feed_mappings
 from batchbridge.ledger.audit import append_event
@@ -122,6 +123,7 @@ class FeedRelease:
                 out = _transform(checked.valid, self.ctx.schema, self.transform_ctx)
                 stage = "load"
                 loads = self._load(file.id, out, report)
+                crash_point("mid_release")
                 stage = "reconcile"
                 reconcile_counts(
                     rows_read=len(rows),
@@ -223,6 +225,7 @@ class FeedRelease:
                     "still_quarantined": still,
                 },
             )
+            crash_point("mid_release_settle", s.flush)
         report.released = len(released)
         report.still_quarantined = len(still)
         report.count_reasons({n: r for n, r in reasons.items()})
@@ -273,5 +276,6 @@ def release_feed_rows(
         run.error = {"stage": "setup", "reason": exc.reason, "message": str(exc)}
     failed = run.error is not None or any(f.failed_stage for f in run.files)
     run.status = RunStatus.FAILED if failed else RunStatus.SUCCEEDED
+    crash_point("release_before_report")
     store.finish_run(run_id, status=RunStatus(run.status), report=run.to_dict())
     return run

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError
 from batchbridge.ledger.crypto import EncryptedRow
 from batchbridge.ledger.migrate import upgrade_to_head
@@ -139,20 +140,25 @@ class LedgerStore:
 
     # files ------------------------------------------------------------------------------
 
-    def is_done(self, *, tenant: str, feed: str, name: str, size: int) -> bool:
-        """Whether a file with this name and size was already reconciled for the feed."""
-        with self.session() as s:
-            found = s.scalar(
-                select(func.count())
-                .select_from(LedgerFile)
-                .where(
-                    LedgerFile.tenant == tenant,
-                    LedgerFile.feed == feed,
-                    LedgerFile.name == name,
-                    LedgerFile.size == size,
-                    LedgerFile.state == FileState.RECONCILED,
-                )
+    def is_done(
+        self, *, tenant: str, feed: str, name: str, size: int, sha256: str | None = None
+    ) -> bool:
+        """Whether a file with this name and size (and sha256, when given) was reconciled."""
+        query = (
+            select(func.count())
+            .select_from(LedgerFile)
+            .where(
+                LedgerFile.tenant == tenant,
+                LedgerFile.feed == feed,
+                LedgerFile.name == name,
+                LedgerFile.size == size,
+                LedgerFile.state == FileState.RECONCILED,
             )
+        )
+        if sha256 is not None:
+            query = query.where(LedgerFile.sha256 == sha256)
+        with self.session() as s:
+            found = s.scalar(query)
         return bool(found)
 
     def claim_file(
@@ -211,6 +217,7 @@ class LedgerStore:
                 setattr(row, key, value)
             if state == FileState.RECONCILED:
                 row.reconciled_at = utcnow()
+            crash_point("mid_ledger_advance", s.flush)
 
     def fail_file(self, file_id: str, *, stage: str, reason: str, message: str) -> None:
         """Mark a file failed at `stage`; it stays unfinished so the next run retries it."""
@@ -292,6 +299,7 @@ class LedgerStore:
             if rows:
                 # One executemany, not one ORM object per row: thousands of rows a night.
                 s.execute(insert(QuarantinedRow), rows)
+            crash_point("mid_quarantine_write")
         return self.count_quarantined(file_id)
 
     def count_quarantined(self, file_id: str, status: QuarantineStatus | None = None) -> int:
@@ -334,6 +342,7 @@ class LedgerStore:
                     seconds=load.seconds,
                 )
             )
+            crash_point("mid_load_record", s.flush)
 
     def loads_for_run_file(self, run_id: str, file_id: str) -> list[Load]:
         """The loads one run made for one file."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult, Target
+from batchbridge.crashpoints import crash_point
 from batchbridge.ledger.store import LoadRecord
 from batchbridge.tasks.guard import stage_task, withhold_unexpected_errors
 from batchbridge.tasks.report import TargetCounts
@@ -91,6 +92,7 @@ def load_into_targets(
         )
         started = time.perf_counter()
         result = load(target, request)
+        crash_point("after_target_commit_before_ledger")
         loaded = TargetLoad(
             result=result,
             rows_sent=request.rows.height,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from batchbridge.crashpoints import crash_point
 from batchbridge.tasks.guard import stage_task
 
 
@@ -229,6 +230,7 @@ def publish_report_artifact(report: RunReport) -> None:
         key=f"{artifact_key(report.feed)}-files",
         description=f"{report.feed}: one row per file (counts, outcome, reason; no PHI)",
     )
+    crash_point("mid_artifact")
     create_markdown_artifact(
         markdown=render_markdown(report),
         key=artifact_key(report.feed),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from batchbridge.config import FormatConfig
+from batchbridge.crashpoints import crash_point
 from batchbridge.tasks.guard import stage_task
 from batchbridge.validations.base import FeedSchema, ValidationContext, ValidationResult
 from batchbridge.validations.reader import read_delimited
@@ -38,6 +39,7 @@ def parse_and_validate(
 ) -> ValidatedFile:
     """Parse strictly (a broken file fails whole), then split rows by the schema's rules."""
     parsed = read_delimited(data, fmt, schema.columns)
+    crash_point("after_parse")
     result = schema.validate(parsed.frame, ctx)
     return ValidatedFile(
         rows_read=parsed.rows_read, rows_declared=parsed.declared_count, result=result

@@ -24,7 +24,8 @@ import csv
 import difflib
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
 
 import polars as pl
 
@@ -35,6 +36,8 @@ from batchbridge.validations.base import ROW_COLUMN, ParsedFile
 UTF8_BOM = b"\xef\xbb\xbf"
 QUOTE = b'"'
 _NAME_LIMIT = 64  # longest column name echoed in a drift message
+_LISTED = 10  # header problems named one by one in a message; the rest are counted
+_MAX_COUNT_DIGITS = 18  # a trailer count longer than this cannot be a row count
 
 
 def read_delimited(data: bytes, fmt: FormatConfig, columns: tuple[str, ...]) -> ParsedFile:
@@ -101,6 +104,7 @@ def _parse_header(raw: bytes, fmt: FormatConfig, quoting: bool, prefix: int) -> 
         ) from None
     if quoting and raw.count(QUOTE) % 2:
         raise MalformedFileError("header record (line 1) has an unclosed quote")
+    _allow_fields_of(len(raw))
     reader = csv.reader(
         [text],
         delimiter=fmt.delimiter,
@@ -114,35 +118,59 @@ def _parse_header(raw: bytes, fmt: FormatConfig, quoting: bool, prefix: int) -> 
         raise MalformedFileError("header record (line 1) is not valid delimited text") from None
 
 
+def _allow_fields_of(size: int) -> None:
+    """Let the csv module read fields up to `size` characters (polars has no such limit).
+
+    Its default limit (128 KiB) made a long but valid field fail as "quoting is broken",
+    so a later broken record was reported at the wrong place. The limit is process-wide:
+    it is only ever raised, which is safe when threads parse at the same time.
+    """
+    if csv.field_size_limit() < size:
+        csv.field_size_limit(size)
+
+
 def _shown(name: str) -> str:
     return repr(name if len(name) <= _NAME_LIMIT else name[:_NAME_LIMIT] + "…")
 
 
 def _describe_unknown(
-    names: Sequence[str], strangers: Sequence[str], columns: tuple[str, ...]
+    names: Sequence[str], strangers: Collection[str], columns: tuple[str, ...]
 ) -> str:
     """Where unexpected header cells are, naming only OUR columns, never the partner's text.
 
     A header cell can hold anything (a shifted data row, a pasted value), so it is not
     echoed: the position is given, with the expected column it most resembles, if any.
+    Only the first few are listed: a header line can hold any number of fields, and the
+    message goes to logs and alerts.
     """
-    described = []
+    described: list[str] = []
+    total = 0
     for position, name in enumerate(names, start=1):
         if name not in strangers:
+            continue
+        total += 1
+        if len(described) == _LISTED:
             continue
         if name in columns:
             described.append(f"{_shown(name)} (position {position})")
             continue
-        close = difflib.get_close_matches(name.strip().lower(), columns, n=1, cutoff=0.75)
+        close: list[str] = []
+        if len(name) <= 2 * _NAME_LIMIT:  # a longer cell cannot be a misspelt column name
+            close = difflib.get_close_matches(name.strip().lower(), columns, n=1, cutoff=0.75)
         hint = f", close to expected {_shown(close[0])}" if close else ""
         described.append(f"position {position} (name withheld{hint})")
+    if total > len(described):
+        described.append(f"and {total - len(described)} more")
     return ", ".join(described)
 
 
 def _check_header(names: Sequence[str], columns: tuple[str, ...]) -> None:
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    missing = [column for column in columns if column not in names]
-    unknown = [name for name in names if name not in columns]
+    # Counted once: a hostile header line may hold hundreds of thousands of fields.
+    counts = Counter(names)
+    duplicates = {name for name, count in counts.items() if count > 1}
+    missing = [column for column in columns if column not in counts]
+    expected = set(columns)
+    unknown = {name for name in counts if name not in expected}
     if len(missing) == len(columns):
         # Nothing matches: most likely the header is missing and line 1 is data, so
         # its fields could be patient values. Describe it without echoing them.
@@ -181,7 +209,13 @@ def _find_trailer(
     # quote would never close and the file would fail as unclosed.
     match = re.fullmatch(rb'(?:%s|"%s")%s(?:([0-9]+)|"([0-9]+)")' % (tag, tag, sep), last)
     if match:
-        count = int(match.group(1) or match.group(2))
+        digits = match.group(1) or match.group(2)
+        if len(digits) > _MAX_COUNT_DIGITS:
+            # Not a row count, and int() refuses strings past 4300 digits (ValueError).
+            raise MalformedFileError(
+                f"trailer count has {len(digits)} digits; that is not a row count"
+            )
+        count = int(digits)
         body_end = last_start
         while body_end > body_start and text[body_end - 1] in b"\r\n":
             body_end -= 1
@@ -290,6 +324,7 @@ def _locate(
             record_lines.append(line)
             yield line
 
+    _allow_fields_of(len(body))
     reader = csv.reader(
         lines(),
         delimiter=fmt.delimiter,

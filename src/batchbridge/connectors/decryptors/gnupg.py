@@ -28,14 +28,25 @@ from batchbridge.connectors.decryptors.base import (
 )
 from batchbridge.connectors.decryptors.packets import file_looks_truncated
 from batchbridge.connectors.decryptors.status import StatusLine, evaluate, parse_status
+from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ConfigError, DecryptError, IntegrityError, PlaintextLimitError
 
 _READ_CHUNK = 1024 * 1024
 # The passphrase is written into a pipe before gpg starts; it must fit the pipe buffer.
 _MAX_PASSPHRASE_BYTES = 4096
-# Reasons after which a cut-off file is the more useful explanation.
+# Reasons after which a cut-off file is the more useful explanation. gpg reads a key id
+# cut short as one padded with FF bytes, so a file cut inside its first packet otherwise
+# says "encrypted to key id FFFFFFFFFFFFFFFF".
 _TRUNCATION_SUSPECTS = frozenset(
-    {"bad_mdc", "corrupt", "not_openpgp", "decrypt_failed", "bad_armor", "gpg_failed"}
+    {
+        "bad_mdc",
+        "corrupt",
+        "not_openpgp",
+        "decrypt_failed",
+        "bad_armor",
+        "gpg_failed",
+        "wrong_recipient",
+    }
 )
 
 
@@ -259,6 +270,7 @@ class GnuPGDecryptor:
                         reason="compression_ratio",
                     )
                 chunks.append(chunk)
+                crash_point("mid_decrypt")
         return b"".join(chunks)
 
 

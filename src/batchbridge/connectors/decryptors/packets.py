@@ -189,13 +189,21 @@ def file_looks_truncated(path: Path) -> bool:
             return False
         handle.seek(0)
         try:
-            _walk_headers(handle)
+            tags = _walk_headers(handle)
         except PacketFormatError as exc:
             return exc.truncated
-    return False
+    # Whole session key packets and nothing after them: the file was cut off exactly
+    # where the encrypted data should start.
+    return not _DATA_TAGS.intersection(tags)
 
 
-def _walk_headers(handle: BinaryIO) -> None:
+# Packets that carry a message's encrypted data; one must follow the session keys.
+_DATA_TAGS = frozenset({TAG_SED, TAG_SEIPD, TAG_AEAD})
+
+
+def _walk_headers(handle: BinaryIO) -> list[int]:
+    """The tags of the packets in `handle`, reading headers only; raises when cut off."""
+    tags: list[int] = []
     size = handle.seek(0, os.SEEK_END)
     pos = 0
     while pos < size:
@@ -205,6 +213,7 @@ def _walk_headers(handle: BinaryIO) -> None:
         ctb = header[0]
         if not ctb & 0x80:
             raise PacketFormatError("not a packet header", truncated=False)
+        tags.append(ctb & 0x3F if ctb & 0x40 else (ctb >> 2) & 0x0F)
         if ctb & 0x40:
             if len(header) < 2:
                 raise PacketFormatError("packet header cut off", truncated=True)
@@ -222,10 +231,11 @@ def _walk_headers(handle: BinaryIO) -> None:
         else:
             length_type = ctb & 0x03
             if length_type == 3:
-                return
+                return tags
             octets = 1 << length_type
             if len(header) < 1 + octets:
                 raise PacketFormatError("packet header cut off", truncated=True)
             pos += 1 + octets + int.from_bytes(header[1 : 1 + octets], "big")
         if pos > size:
             raise PacketFormatError("packet cut off", truncated=True)
+    return tags

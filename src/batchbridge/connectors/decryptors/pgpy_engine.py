@@ -87,6 +87,9 @@ DEFAULT_MAX_CIPHERTEXT_BYTES = 256 * 1024**2
 # itself is applied exactly to the literal data afterwards.
 _FRAMING_ALLOWANCE = 64 * 1024
 _INFLATE_CHUNK = 1024 * 1024
+# Output per decompress call. Asking for the whole remaining budget at once let one call
+# build a cap-sized buffer and copy it, so a bomb peaked at twice the plaintext cap.
+_INFLATE_OUT = 16 * 1024 * 1024
 _MDC_TRAILER = b"\xd3\x14"
 
 _CIPHERS: dict[SymmetricKeyAlgorithm, Callable[[bytes], Any]] = {
@@ -186,6 +189,9 @@ class PGPyDecryptor:
                 reason="unsupported_algorithm",
             )
         if TAG_SEIPD not in tags:
+            if tags and set(tags) <= {TAG_PKESK, TAG_SKESK}:
+                # Session keys and then nothing: cut off where the data should start.
+                raise IntegrityError(f"{path.name}: message is truncated", reason="truncated")
             raise DecryptError(f"{path.name}: message is not encrypted", reason="not_encrypted")
         if tags.count(TAG_SEIPD) != 1 or any(
             tag not in {TAG_PKESK, TAG_SKESK, TAG_SEIPD} for tag in tags
@@ -455,7 +461,7 @@ def _inflate(path: Path, body: memoryview, budget: _Budget) -> bytes:
                     pos += _INFLATE_CHUNK
                 else:
                     break
-                piece = inflater.decompress(chunk_in, budget.limit - total + 1)
+                piece = inflater.decompress(chunk_in, min(_INFLATE_OUT, budget.limit - total + 1))
                 total += len(piece)
                 if total > budget.limit:
                     raise PlaintextLimitError(
@@ -474,7 +480,7 @@ def _inflate(path: Path, body: memoryview, budget: _Budget) -> bytes:
                     pos += _INFLATE_CHUNK
                 else:
                     chunk_in = b""
-                piece = bunzip.decompress(chunk_in, budget.limit - total + 1)
+                piece = bunzip.decompress(chunk_in, min(_INFLATE_OUT, budget.limit - total + 1))
                 total += len(piece)
                 if total > budget.limit:
                     raise PlaintextLimitError(

@@ -144,8 +144,11 @@ class LocalDirSource:
 
     def _open_regular(self, remote: RemoteFile) -> int:
         path = self.path / remote.name
+        # O_NONBLOCK: opening a FIFO put in place of the file would otherwise wait forever
+        # for a writer; the fstat below then refuses it. Reads of a regular file ignore it.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, flags)
         except FileNotFoundError:
             raise SourceError(
                 f"{remote.name}: no longer in {self.path}", reason="remote_missing"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from batchbridge.errors import UnsafeRemoteNameError
 
 MAX_NAME_BYTES = 255
@@ -39,6 +41,15 @@ def remote_name_problem(name: str) -> str | None:
             return "is not valid UTF-8"
         if char in _BIDI_CONTROLS:
             return "contains a bidirectional control character"
+        category = unicodedata.category(char)
+        if category == "Cf":
+            # Zero-width spaces and joiners, soft hyphens, BOMs, invisible tag characters:
+            # two names that print alike must not be two different files.
+            return "contains an invisible formatting character"
+        if category in ("Zl", "Zp"):
+            return "contains a line or paragraph separator"
+        if category == "Zs" and char != " ":
+            return "contains a space character other than U+0020"
     if name.startswith("-"):
         return "starts with '-'"
     if len(name.encode("utf-8")) > MAX_NAME_BYTES:

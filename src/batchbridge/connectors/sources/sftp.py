@@ -48,6 +48,7 @@ from batchbridge.connectors.sources.stability import (
     stable_entries,
 )
 from batchbridge.connectors.sources.staging import StagedFile, prepare_staging_dir
+from batchbridge.crashpoints import crash_point
 from batchbridge.errors import (
     BatchbridgeError,
     HostKeyError,
@@ -245,7 +246,7 @@ class SftpSource:
             )
         with StagedFile(staging, remote) as staged, sftp.open(path, "rb") as handle:
             if remote.size > 0:
-                handle.prefetch(remote.size)
+                _prefetch(handle, remote.size)
             # Read at most one byte past the listed size: a file that grew is refused
             # without downloading all of it.
             remaining = remote.size + 1
@@ -254,6 +255,7 @@ class SftpSource:
                 if not chunk:
                     break
                 staged.write(chunk)
+                crash_point("mid_download")
                 remaining -= len(chunk)
             return staged.commit()
 
@@ -537,6 +539,28 @@ def _listdir_attr(sftp: paramiko.SFTPClient, path: str) -> list[paramiko.SFTPAtt
     finally:
         client._request(sftp_codes.CMD_CLOSE, handle)
     return entries
+
+
+def _prefetch(handle: paramiko.SFTPFile, size: int) -> None:
+    """`handle.prefetch(size)`, except that a dropped link does not crash its thread loudly.
+
+    paramiko sends the read requests from a background thread. When the connection drops
+    mid-download, that thread dies with an unhandled exception (a traceback on stderr,
+    outside our error tree). The reading thread meets the same dead connection and raises
+    it as a TransientSourceError, so the background thread's copy of it is dropped.
+    """
+    file: Any = handle  # the prefetch thread's target is not in the type stubs
+    send_requests = file._prefetch_thread
+
+    def send_quietly(*args: Any) -> None:
+        try:
+            send_requests(*args)
+        except (EOFError, OSError, paramiko.SSHException) as exc:
+            logger.debug("prefetch requests stopped: %s", type(exc).__name__)
+
+    # Read by paramiko when prefetch() starts the thread.
+    file._prefetch_thread = send_quietly
+    handle.prefetch(size)
 
 
 def _brief(exc: BaseException) -> str:
