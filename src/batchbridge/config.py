@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from batchbridge.errors import ConfigError, FeedNotFoundError
 
@@ -78,17 +86,57 @@ class PgpConfig(StrictModel):
     key_expiry_warning_days: int = Field(30, ge=0)
 
 
+class HeaderRecordConfig(StrictModel):
+    """A control record before the column header, e.g. 'H|<sender>|<yyyymmdd>|<row count>'."""
+
+    prefix: str = Field("H", min_length=1, description="First field of the control record.")
+    count_field: int = Field(4, ge=2, description="1-based field holding the data row count.")
+    sender_field: int | None = Field(2, ge=2, description="1-based field naming the sender.")
+    expected_sender: str | None = Field(
+        None, description="When set, a file from any other sender is refused whole."
+    )
+
+
 class FormatConfig(StrictModel):
-    """How the plaintext is laid out."""
+    """Delimited text: CSV, pipe-delimited and the like."""
 
     kind: Literal["delimited"] = "delimited"
     delimiter: str = Field(",", min_length=1, max_length=1)
     encoding: Literal["utf-8", "latin-1"] = "utf-8"
     quoting: Literal["rfc4180", "none"] = "rfc4180"
     header: bool = True
+    header_record: HeaderRecordConfig | None = Field(
+        None, description="A control record with the row count before the column header."
+    )
     trailer_prefix: str | None = Field(
         "TRAILER", description="First field of an optional last record '<prefix>,<count>'."
     )
+    trim_trailing_whitespace: bool = Field(
+        False, description="Strip spaces and tabs at the end of every field (spec says so)."
+    )
+
+
+class Hl7v2FormatConfig(StrictModel):
+    """HL7 v2 batch files: FHS/BHS … BTS/FTS around ORU^R01 messages, one row per OBX."""
+
+    kind: Literal["hl7v2"] = "hl7v2"
+    encoding: Literal["utf-8", "latin-1"] = "utf-8"
+    require_batch_envelope: bool = Field(
+        True, description="Refuse a file without BHS/BTS (the BTS count is the trailer check)."
+    )
+
+
+def _format_kind(value: object) -> str:
+    # `kind` may be left out: a format without one is delimited (the first format we had).
+    if isinstance(value, dict):
+        return str(value.get("kind", "delimited"))
+    return str(getattr(value, "kind", "delimited"))
+
+
+AnyFormatConfig = Annotated[
+    Annotated[FormatConfig, Tag("delimited")] | Annotated[Hl7v2FormatConfig, Tag("hl7v2")],
+    Discriminator(_format_kind),
+]
 
 
 class PostgresTargetConfig(StrictModel):
@@ -113,7 +161,67 @@ class SqliteTargetConfig(StrictModel):
     columns: list[str] = Field(min_length=1)
 
 
-TargetConfig = Annotated[PostgresTargetConfig | SqliteTargetConfig, Field(discriminator="kind")]
+class FhirTargetConfig(StrictModel):
+    """A FHIR R4 server: rows as resources in transaction Bundles, idempotent by identifier."""
+
+    kind: Literal["fhir"] = "fhir"
+    name: str = Field(pattern=NAME_PATTERN)
+    base_url: str = Field(
+        description="FHIR base, e.g. https://fhir.example/r4 (https unless loopback)."
+    )
+    token_url: str | None = Field(None, description="OAuth2 token endpoint (client credentials).")
+    client_id: str | None = None
+    client_secret: SecretRef | None = None
+    scope: str | None = None
+    identifier_system: str = Field(
+        description="URI naming our identifiers, e.g. urn:batchbridge:acme_lab:lab_results."
+    )
+    patient_identifier_system: str = Field(
+        "urn:batchbridge:patient-key",
+        description="System of the pseudonymous patient key used in Patient references.",
+    )
+    columns: list[str] = Field(min_length=1)
+    bundle_size: int = Field(200, ge=1, le=5000)
+    max_attempts: int = Field(5, ge=1, le=10)
+    max_retry_after_seconds: float = Field(60.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class OutboundPgpConfig(StrictModel):
+    """Encrypt the extract to the receiver's key(s) and, optionally, sign it with ours."""
+
+    recipient_public_keys: list[SecretRef] = Field(min_length=1)
+    signing_key: SecretRef | None = None
+    signing_passphrase: SecretRef | None = None
+
+
+class SftpTargetConfig(StrictModel):
+    """A partner's SFTP server receiving one extract file per source file."""
+
+    kind: Literal["sftp"] = "sftp"
+    name: str = Field(pattern=NAME_PATTERN)
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    username: str
+    remote_dir: str
+    host_keys: list[str] = Field(min_length=1)
+    private_key: SecretRef
+    private_key_passphrase: SecretRef | None = None
+    file_name: str = Field(
+        "{feed}_{source_stem}.{ext}",
+        description="Remote name; placeholders {tenant} {feed} {source_stem} {file_id} {ext}.",
+    )
+    file_format: Literal["csv", "parquet"] = "csv"
+    pgp: OutboundPgpConfig | None = None
+    columns: list[str] = Field(min_length=1)
+    connect_timeout_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+
+
+TargetConfig = Annotated[
+    PostgresTargetConfig | SqliteTargetConfig | FhirTargetConfig | SftpTargetConfig,
+    Field(discriminator="kind"),
+]
 
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -140,6 +248,47 @@ class AlertsConfig(StrictModel):
     )
 
 
+class ContractWindow(StrictModel):
+    """A daily window in the feed's time zone; `end` before `start` wraps past midnight."""
+
+    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM local time")
+    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM local time")
+
+
+class FileContractConfig(StrictModel):
+    """What a partner's file must be before any of it is processed (checked per file).
+
+    A file breaking its contract fails whole with the clause it broke; nothing loads.
+    """
+
+    name_pattern: str | None = Field(
+        None, description="Regular expression the whole remote name must match."
+    )
+    min_bytes: int | None = Field(None, ge=0)
+    max_bytes: int | None = Field(None, gt=0)
+    arrival_window: ContractWindow | None = Field(
+        None, description="The file's modification time must fall in this local window."
+    )
+    require_row_count: bool = Field(
+        False, description="The header record or trailer must declare the row count."
+    )
+    marker: Literal["none", "done", "manifest"] = Field(
+        "none",
+        description="done: '<name>.done' must exist beside the file; manifest: "
+        "'<name>.manifest' must exist and hold the file's sha256 (sha256sum format).",
+    )
+
+    @field_validator("name_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression ({exc.msg})") from None
+        return value
+
+
 class ScheduleConfig(StrictModel):
     """When the nightly run starts, in the feed's time zone."""
 
@@ -157,7 +306,12 @@ class FeedConfig(StrictModel):
     timezone: str = Field("UTC", description="Zone of naive timestamps in the partner's files.")
     source: SourceConfig
     pgp: PgpConfig
-    format: FormatConfig = FormatConfig()
+    format: AnyFormatConfig = FormatConfig()
+    full_snapshot: bool = Field(
+        False,
+        description="Each file lists every current record of the tenant: records absent "
+        "from it are marked inactive in the targets (never deleted).",
+    )
     mappings: dict[str, Path] = Field(default_factory=dict)
     pseudonym_key: SecretRef
     quarantine_key: SecretRef
@@ -168,6 +322,7 @@ class FeedConfig(StrictModel):
     targets: list[TargetConfig] = Field(min_length=1)
     schedule: ScheduleConfig | None = None
     alerts: AlertsConfig = AlertsConfig()
+    contract: FileContractConfig = FileContractConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -34,7 +34,7 @@ from batchbridge.validations.lab_results import (
     pseudonymize,
     reason_names,
 )
-from batchbridge.validations.registry import SCHEMAS, get_schema
+from batchbridge.validations.registry import get_schema, known_schemas
 
 FILE_DATE = date(2024, 11, 4)
 TZ = "America/Chicago"
@@ -373,8 +373,8 @@ def test_generated_file_transforms_without_nulls_in_required_outputs() -> None:
 def test_registry() -> None:
     schema: FeedSchema = get_schema("lab_results")
     assert schema is LAB_RESULTS
-    assert SCHEMAS == {"lab_results": LAB_RESULTS}
+    assert "lab_results" in known_schemas()
     assert LAB_RESULTS.natural_key == ("record_id",)
     assert LAB_RESULTS.required_mappings == ("local_test_code",)
-    with pytest.raises(ConfigError, match="known schemas: lab_results"):
+    with pytest.raises(ConfigError, match=r"known schemas: .*lab_results"):
         get_schema("lab_resutls")

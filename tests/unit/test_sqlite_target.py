@@ -413,9 +413,9 @@ def test_registry_names_the_valid_kinds_for_an_unknown_one(tmp_path: Path) -> No
     )
     bogus = SimpleNamespace(kind="ftp", name="outbound")
 
-    with pytest.raises(ConfigError, match="unknown kind 'ftp' \\(postgres, sqlite\\)"):
+    with pytest.raises(ConfigError, match="unknown kind 'ftp' \\(fhir, postgres, sftp, sqlite\\)"):
         open_target(feed, bogus)  # type: ignore[arg-type]
-    assert set(TARGET_KINDS) == {"postgres", "sqlite"}
+    assert set(TARGET_KINDS) == {"fhir", "postgres", "sftp", "sqlite"}
 
 
 def test_a_url_that_is_not_postgres_is_a_config_error_without_the_password() -> None:

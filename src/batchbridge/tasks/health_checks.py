@@ -563,7 +563,8 @@ def _missing_columns(loaded: LoadedFeed, config: TargetConfig, target: Target) -
     wanted = list(dict.fromkeys([*schema.natural_key, *config.columns]))
     missing = [column for column in wanted if column not in present]
     if missing:
-        return f"table {config.table} lacks columns {', '.join(missing)} (loads would fail)"
+        table = getattr(config, "table", "?")
+        return f"table {table} lacks columns {', '.join(missing)} (loads would fail)"
     return None
 
 

@@ -6,11 +6,11 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from batchbridge.config import FormatConfig
+from batchbridge.config import AnyFormatConfig
 from batchbridge.crashpoints import crash_point
 from batchbridge.tasks.guard import stage_task
 from batchbridge.validations.base import FeedSchema, ValidationContext, ValidationResult
-from batchbridge.validations.reader import read_delimited
+from batchbridge.validations.formats import read_plaintext
 
 _FILE_DATE = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)")
 
@@ -35,10 +35,10 @@ class ValidatedFile:
 
 
 def parse_and_validate(
-    data: bytes, fmt: FormatConfig, schema: FeedSchema, ctx: ValidationContext
+    data: bytes, fmt: AnyFormatConfig, schema: FeedSchema, ctx: ValidationContext
 ) -> ValidatedFile:
     """Parse strictly (a broken file fails whole), then split rows by the schema's rules."""
-    parsed = read_delimited(data, fmt, schema.columns)
+    parsed = read_plaintext(data, fmt, schema.columns)
     crash_point("after_parse")
     result = schema.validate(parsed.frame, ctx)
     return ValidatedFile(

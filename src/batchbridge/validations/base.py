@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
@@ -82,4 +83,37 @@ class FeedSchema(Protocol):
 
     def transform(self, valid: pl.DataFrame, ctx: TransformContext) -> pl.DataFrame:
         """Map valid rows to the target shape: natural key + output_columns + ROW_COLUMN."""
+        ...
+
+
+@dataclass(frozen=True)
+class FhirIdentity:
+    """The identifier systems a FHIR target stamps on what it writes."""
+
+    identifier_system: str
+    patient_identifier_system: str
+
+
+@dataclass(frozen=True)
+class FhirResource:
+    """One FHIR R4 resource made from a row (`row` = ROW_COLUMN), or a supporting one.
+
+    Supporting resources (row None, e.g. a Patient stub that Observations refer to)
+    are not rows of the file and are not counted in reconciliation.
+    `identifier` is the business identifier value under the target's system: the
+    target creates or updates the resource by it, so a rerun never duplicates.
+    """
+
+    row: int | None
+    resource: dict[str, Any]
+    identifier_system: str
+    identifier: str
+
+
+@runtime_checkable
+class SupportsFhir(Protocol):
+    """A feed schema that can express its transformed rows as FHIR R4 resources."""
+
+    def fhir_resources(self, rows: pl.DataFrame, identity: FhirIdentity) -> Iterator[FhirResource]:
+        """Resources for `rows` (transformed, with ROW_COLUMN); supporting ones first."""
         ...

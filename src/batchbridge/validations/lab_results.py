@@ -418,6 +418,7 @@ class LabResultsSchema:
 
 
 LAB_RESULTS = LabResultsSchema()
+SCHEMA = LAB_RESULTS
 
 
 def reason_names(ctx: ValidationContext) -> Sequence[str]:

@@ -11,13 +11,34 @@ import polars as pl
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What to load: the rows for this target plus the lineage every row carries."""
+    """What to load: the rows for this target plus the lineage every row carries.
+
+    `full_snapshot`: the rows are every current record of the tenant, so a target that
+    keeps state marks the tenant's other records inactive (never deletes them), except
+    those whose keys are in `kept_keys` (rows of the file that were quarantined).
+    """
 
     tenant: str
     natural_key: tuple[str, ...]
     load_id: str
     file_id: str
     rows: pl.DataFrame
+    feed: str = ""
+    source_name: str = ""
+    full_snapshot: bool = False
+    kept_keys: pl.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class RowRejection:
+    """A row the target refused as invalid (a 4xx, not a transient failure).
+
+    `row` is the row's ROW_COLUMN; `reason` a code such as 'http_422:required' built
+    from status and issue codes only (target diagnostics may quote values: never kept).
+    """
+
+    row: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,8 @@ class LoadResult:
     rows_unchanged: int
     rows_rejected: int
     rows_confirmed: int
+    rows_inactivated: int = 0
+    rejections: tuple[RowRejection, ...] = ()
 
 
 class Target(Protocol):

@@ -8,7 +8,9 @@ from typing import Any
 from batchbridge.config import LoadedFeed, PostgresTargetConfig, SqliteTargetConfig, TargetConfig
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import Target
+from batchbridge.connectors.targets.fhir import open_fhir_target
 from batchbridge.connectors.targets.postgres import PostgresTarget
+from batchbridge.connectors.targets.sftp_out import open_sftp_target
 from batchbridge.connectors.targets.sqlite import SqliteTarget
 from batchbridge.errors import ConfigError
 
@@ -40,6 +42,8 @@ def _open_sqlite(loaded: LoadedFeed, config: SqliteTargetConfig) -> Target:
 TARGET_KINDS: dict[str, Callable[[LoadedFeed, Any], Target]] = {
     "postgres": _open_postgres,
     "sqlite": _open_sqlite,
+    "fhir": open_fhir_target,
+    "sftp": open_sftp_target,
 }
 """Target kind (the `kind:` of a feed's target) -> factory taking the feed and that config."""
 
