@@ -168,6 +168,31 @@ def archive_leftover(run: FeedRun, remote: RemoteFile) -> None:
             fetched.local_path.unlink(missing_ok=True)
 
 
+def snapshot_scope(
+    run: FeedRun, name: str, quarantined: pl.DataFrame
+) -> tuple[bool, pl.DataFrame | None]:
+    """Whether this file may mark absent records inactive, and the keys it must keep.
+
+    A full-snapshot file's quarantined rows are still current records: their keys are
+    kept active. When a quarantined row has no usable key, who it stands for is unknown,
+    so nobody is marked inactive by this file (a later complete file will do it).
+    """
+    if not run.loaded.config.full_snapshot:
+        return False, None
+    keys = list(run.schema.natural_key)
+    kept = quarantined.select(keys)
+    unusable = kept.select(
+        pl.any_horizontal([pl.col(k).is_null() | (pl.col(k).str.strip_chars() == "") for k in keys])
+    ).to_series()
+    if unusable.any():
+        run.report.notes.append(
+            f"{name}: {int(unusable.sum())} quarantined rows have no usable "
+            f"{'/'.join(keys)}: nobody was marked inactive from this file"
+        )
+        return False, None
+    return True, kept
+
+
 def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport | None:
     """Take one file through every stage; a failure is recorded, never raised."""
     assert run.source is not None and run.decryptor is not None
@@ -263,6 +288,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         with _timed(timings, "transform"):
             rows = transform_rows(result.valid, run.schema, tctx)
         crash_point("after_transform")
+        full_snapshot, kept_keys = snapshot_scope(run, remote.name, result.quarantined)
         # The parsed rows (names, MRNs, ...) are not needed past the transform: release
         # them before the load, as the plaintext is released after parsing.
         del validated, result
@@ -282,6 +308,10 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
                 rows=rows,
                 on_loaded=loaded,
                 load=load_target,
+                feed=run.feed,
+                source_name=remote.name,
+                full_snapshot=full_snapshot,
+                kept_keys=kept_keys,
             )
         crash_point("after_load_ledger")
         run.store.advance_file(claim.file_id, FileState.LOADED)

@@ -135,8 +135,23 @@ class Load(Base):
     rows_unchanged: Mapped[int] = mapped_column(Integer, default=0)
     rows_rejected: Mapped[int] = mapped_column(Integer, default=0)
     rows_confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    rows_inactivated: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TargetRejection(Base):
+    """A row a target refused as invalid: where it came from and a reason code, no values."""
+
+    __tablename__ = "target_rejections"
+    __table_args__ = (UniqueConstraint("load_id", "row_number", name="uq_rejection_load_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    load_id: Mapped[str] = mapped_column(ForeignKey("loads.id"), index=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), index=True)
+    target: Mapped[str] = mapped_column(String(63))
+    row_number: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(128))
 
 
 class QuarantinedRow(Base):

@@ -24,6 +24,7 @@ from batchbridge.ledger.models import (
     Run,
     RunFile,
     RunStatus,
+    TargetRejection,
     utcnow,
 )
 
@@ -60,6 +61,9 @@ class LoadRecord:
     rows_rejected: int
     rows_confirmed: int
     seconds: float
+    rows_inactivated: int = 0
+    rejections: tuple[tuple[int, str], ...] = ()
+    """(row number, reason code) of each row the target refused."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -339,8 +343,29 @@ class LedgerStore:
                     rows_unchanged=load.rows_unchanged,
                     rows_rejected=load.rows_rejected,
                     rows_confirmed=load.rows_confirmed,
+                    rows_inactivated=load.rows_inactivated,
                     seconds=load.seconds,
                 )
+            )
+            s.flush()
+            existing = {
+                row
+                for row in s.scalars(
+                    select(TargetRejection.row_number).where(
+                        TargetRejection.load_id == load.load_id
+                    )
+                )
+            }
+            s.add_all(
+                TargetRejection(
+                    load_id=load.load_id,
+                    file_id=file_id,
+                    target=load.target,
+                    row_number=row,
+                    reason=reason,
+                )
+                for row, reason in load.rejections
+                if row not in existing
             )
             crash_point("mid_load_record", s.flush)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ class TargetLoad:
             rows_rejected=r.rows_rejected,
             rows_confirmed=r.rows_confirmed,
             seconds=self.seconds,
+            rows_inactivated=r.rows_inactivated,
+            rejections=tuple((x.row, x.reason) for x in r.rejections),
         )
 
     def counts(self) -> TargetCounts:
@@ -62,6 +65,8 @@ class TargetLoad:
             unchanged=r.rows_unchanged,
             rejected=r.rows_rejected,
             confirmed=r.rows_confirmed,
+            inactivated=r.rows_inactivated,
+            rejection_reasons=dict(Counter(x.reason for x in r.rejections).most_common()),
         )
 
 
@@ -74,12 +79,17 @@ def load_into_targets(
     rows: pl.DataFrame,
     on_loaded: Callable[[TargetLoad], None],
     load: LoadFn = load_rows_scrubbed,
+    feed: str = "",
+    source_name: str = "",
+    full_snapshot: bool = False,
+    kept_keys: pl.DataFrame | None = None,
 ) -> list[TargetLoad]:
     """Load one file's transformed rows into every target (each with its columns only).
 
     Each target gets a new load id; `file_id` and the rows' ROW_COLUMN are the lineage.
     `on_loaded` runs right after each target commits, so a failure in a later target
-    leaves the earlier loads recorded.
+    leaves the earlier loads recorded. With `full_snapshot`, targets mark the tenant's
+    records missing from `rows` inactive, except `kept_keys` (the file's quarantined rows).
     """
     done: list[TargetLoad] = []
     for target, columns in targets:
@@ -89,6 +99,10 @@ def load_into_targets(
             load_id=str(uuid.uuid4()),
             file_id=file_id,
             rows=select_target_columns(rows, natural_key=natural_key, columns=columns),
+            feed=feed,
+            source_name=source_name,
+            full_snapshot=full_snapshot,
+            kept_keys=kept_keys,
         )
         started = time.perf_counter()
         result = load(target, request)

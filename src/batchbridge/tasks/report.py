@@ -19,6 +19,8 @@ class TargetCounts:
     unchanged: int = 0
     rejected: int = 0
     confirmed: int = 0
+    inactivated: int = 0
+    rejection_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,7 +130,10 @@ def render_text(report: RunReport) -> str:
             lines.append(
                 f"    target {name}: sent {t.sent} inserted {t.inserted} updated {t.updated} "
                 f"unchanged {t.unchanged} rejected {t.rejected} confirmed {t.confirmed}"
+                + (f" inactivated {t.inactivated}" if t.inactivated else "")
             )
+            for reason, count in t.rejection_reasons.items():
+                lines.append(f"    rejected by {name} {count:>6} x {reason}")
         if f.stage_seconds:
             timing = " ".join(f"{k} {v:.2f}s" for k, v in f.stage_seconds.items())
             lines.append(f"    seconds: {timing}")
@@ -177,6 +182,12 @@ def render_markdown(report: RunReport) -> str:
         f"- `{f.name}` failed at **{f.failed_stage}**: `{f.reason}` — {f.message}"
         for f in report.failed_files
     ]
+    reasons += [
+        f"- `{f.name}`: {count} x rejected by `{name}`: `{reason}`"
+        for f in report.files
+        for name, t in f.targets.items()
+        for reason, count in t.rejection_reasons.items()
+    ]
     totals = ", ".join(f"{k} {v}" for k, v in report.totals().items())
     parts = [header, "", f"Totals: {totals}", "", *rows]
     if report.notes:
@@ -190,7 +201,7 @@ def render_markdown(report: RunReport) -> str:
     if failures:
         parts += ["", "## Failures", *failures]
     if reasons:
-        parts += ["", "## Quarantine reasons", *reasons]
+        parts += ["", "## Quarantine and rejection reasons", *reasons]
     return "\n".join(parts)
 
 

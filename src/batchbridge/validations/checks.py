@@ -27,6 +27,12 @@ ColumnLike = str | pl.Expr
 
 NPI_PATTERN = r"^[0-9]{10}$"
 ISO_DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+US_DATE_PATTERN = r"^[0-9]{2}/[0-9]{2}/[0-9]{4}$"
+DATE_FORMATS: dict[str, tuple[str, str]] = {
+    "YYYY-MM-DD": (ISO_DATE_PATTERN, "%Y-%m-%d"),
+    "MM/DD/YYYY": (US_DATE_PATTERN, "%m/%d/%Y"),
+}
+"""Date layouts a feed may use: name -> (strict shape, strptime format)."""
 # Date, 'T' (or the space RFC 3339 allows), hh:mm[:ss[.fraction]], then an optional
 # zone: 'Z' or ±hh[[:]mm]. Named groups become struct fields in `extract_groups`.
 ISO_DATETIME_PATTERN = (
@@ -113,29 +119,49 @@ def npi_luhn(column: ColumnLike) -> pl.Expr:
     return _when_present(column, npi_digits_valid(column))
 
 
-def parse_iso_date(column: ColumnLike) -> pl.Expr:
-    """The value as a Date when it is a real `YYYY-MM-DD` date, else null."""
+def parse_date(column: ColumnLike, layout: str = "YYYY-MM-DD") -> pl.Expr:
+    """The value as a Date when it is a real date in `layout` (see DATE_FORMATS), else null."""
+    pattern, strptime = DATE_FORMATS[layout]
     value = trimmed(column)
     # The regex guard matters: polars' parser alone accepts '2024-1-01'.
     return (
-        pl.when(value.str.contains(ISO_DATE_PATTERN))
-        .then(value.str.to_date("%Y-%m-%d", strict=False))
+        pl.when(value.str.contains(pattern))
+        .then(value.str.to_date(strptime, strict=False))
         .otherwise(None)
     )
 
 
+def parse_iso_date(column: ColumnLike) -> pl.Expr:
+    """The value as a Date when it is a real `YYYY-MM-DD` date, else null."""
+    return parse_date(column, "YYYY-MM-DD")
+
+
+def date_format(column: ColumnLike, layout: str) -> pl.Expr:
+    """Rule: a real calendar date written as `layout` (e.g. 'MM/DD/YYYY')."""
+    return _when_present(column, parse_date(column, layout).is_not_null())
+
+
 def iso_date(column: ColumnLike) -> pl.Expr:
     """Rule: `YYYY-MM-DD` and a real calendar date."""
-    return _when_present(column, parse_iso_date(column).is_not_null())
+    return date_format(column, "YYYY-MM-DD")
 
 
-def date_in_range(column: ColumnLike, min_date: date, max_date: date) -> pl.Expr:
+def date_in_range(
+    column: ColumnLike, min_date: date, max_date: date, layout: str = "YYYY-MM-DD"
+) -> pl.Expr:
     """Rule: the date lies within [min_date, max_date]; values that are not dates pass.
 
-    Not-a-date is `iso_date`'s reason; this rule reports only the range.
+    Not-a-date is the format rule's reason; this rule reports only the range.
     """
-    inside = parse_iso_date(column).is_between(pl.lit(min_date), pl.lit(max_date), closed="both")
+    inside = parse_date(column, layout).is_between(
+        pl.lit(min_date), pl.lit(max_date), closed="both"
+    )
     return inside.fill_null(True)
+
+
+def date_not_before(later: ColumnLike, earlier: ColumnLike, layout: str) -> pl.Expr:
+    """Rule: date `later` is not before date `earlier`; passes when either is unusable."""
+    return (parse_date(later, layout) >= parse_date(earlier, layout)).fill_null(True)
 
 
 def iso_datetime_facts(column: ColumnLike, timezone: str) -> pl.Expr:

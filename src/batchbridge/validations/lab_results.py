@@ -3,10 +3,8 @@
 Spec: shared/specs/lab_results.md. The rules live in a pandera polars
 DataFrameSchema built per file (the file date, time zone and LOINC mapping are
 part of the rules). Each check is one reusable expression from `checks`, named
-after its rule, so a failed check on column C becomes the reason 'C:<rule>' on
-exactly the rows whose check output is False; a row collects every reason it
-earns. Pandera's failure cases and messages quote cell values, so they are never
-read, logged or raised here: only check outputs (booleans), column and rule names.
+after its rule; `rules.split_by_rules` turns failed checks into 'column:rule'
+reasons without ever reading a cell value.
 
 Choices the spec leaves open:
 - A missing value only fails `required` (format rules skip it), so reasons stay
@@ -21,26 +19,25 @@ Choices the spec leaves open:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import ClassVar
 
 import pandera.polars as pa
 import polars as pl
-from pandera.config import ValidationDepth, config_context
-from pandera.constants import CHECK_OUTPUT_KEY
-from pandera.errors import SchemaError, SchemaErrorReason, SchemaErrors
 
-from batchbridge.errors import ConfigError, SchemaDriftError
+from batchbridge.errors import ConfigError
 from batchbridge.validations import checks
 from batchbridge.validations.base import (
-    REASONS_COLUMN,
     ROW_COLUMN,
+    FhirIdentity,
+    FhirResource,
     TransformContext,
     ValidationContext,
     ValidationResult,
 )
+from batchbridge.validations.rules import split_by_rules
 
 COLUMNS: tuple[str, ...] = (
     "record_id",
@@ -249,40 +246,6 @@ def with_derived_columns(frame: pl.DataFrame, ctx: ValidationContext) -> pl.Data
     )
 
 
-def _failed_rule_masks(
-    schema: pa.DataFrameSchema, frame: pl.DataFrame
-) -> list[tuple[str, pl.Series]]:
-    """('column:rule', True-where-failed) for every rule some row breaks."""
-    errors: list[SchemaError] = []
-    # Force data-level checks: pandera's depth can come from the environment
-    # (PANDERA_VALIDATION_DEPTH / _ENABLED), and skipping them would pass every row.
-    with config_context(validation_enabled=True, validation_depth=ValidationDepth.SCHEMA_AND_DATA):
-        try:
-            schema.validate(frame, lazy=True)
-        except SchemaErrors as exc:
-            errors = list(exc.schema_errors)
-    masks: list[tuple[str, pl.Series]] = []
-    for error in errors:
-        column = getattr(error.schema, "name", None)
-        check = error.check
-        rule = getattr(check, "name", None)
-        if (
-            error.reason_code != SchemaErrorReason.DATAFRAME_CHECK
-            or error.check_output is None
-            or rule is None
-        ):
-            # Not a row rule: a missing/extra column, a wrong dtype, or a rule that
-            # crashed. That is a contract or code bug, not bad rows; say which, only.
-            code = getattr(error.reason_code, "name", str(error.reason_code))
-            raise SchemaDriftError(
-                f"lab_results contract broken: column {column!r}, check {rule!r}, {code}",
-                reason="schema_contract",
-            ) from None
-        failed = ~error.check_output.get_column(CHECK_OUTPUT_KEY).fill_null(False)
-        masks.append((f"{column}:{rule}", failed))
-    return masks
-
-
 def _reason_order(ctx: ValidationContext) -> dict[str, int]:
     rules = _rules(ctx, _Mapping([], [], [], []))
     names = [f"{column}:{rule}" for column in COLUMNS for rule, _ in rules[column]]
@@ -292,35 +255,7 @@ def _reason_order(ctx: ValidationContext) -> dict[str, int]:
 def validate(frame: pl.DataFrame, ctx: ValidationContext) -> ValidationResult:
     """Split a parsed lab_results file into valid rows and quarantined rows with reasons."""
     schema = build_schema(ctx)
-    masks = _failed_rule_masks(schema, with_derived_columns(frame, ctx))
-    order = _reason_order(ctx)
-    masks.sort(key=lambda item: order.get(item[0], len(order)))
-    if not masks:
-        empty = frame.clear().with_columns(
-            pl.lit(None, dtype=pl.List(pl.String)).alias(REASONS_COLUMN)
-        )
-        return ValidationResult(valid=frame, quarantined=empty)
-    flags = pl.DataFrame([mask.alias(f"__rule{i}") for i, (_, mask) in enumerate(masks)])
-    bad = flags.select(pl.any_horizontal(pl.all())).to_series()
-    # Build reason lists for the failing rows only: usually a tiny share of the file.
-    reasons = (
-        flags.filter(bad)
-        .select(
-            pl.concat_list(
-                [
-                    pl.when(pl.col(f"__rule{i}"))
-                    .then(pl.lit(reason))
-                    .otherwise(pl.lit(None, pl.String))
-                    for i, (reason, _) in enumerate(masks)
-                ]
-            )
-            .list.drop_nulls()
-            .alias(REASONS_COLUMN)
-        )
-        .to_series()
-    )
-    quarantined = frame.filter(bad).with_columns(reasons)
-    return ValidationResult(valid=frame.filter(~bad), quarantined=quarantined)
+    return split_by_rules(schema, with_derived_columns(frame, ctx), frame, _reason_order(ctx))
 
 
 def pseudonymize(mrns: pl.Series, *, tenant: str, key: bytes) -> pl.Series:
@@ -412,6 +347,13 @@ class LabResultsSchema:
     def transform(self, valid: pl.DataFrame, ctx: TransformContext) -> pl.DataFrame:
         """Map valid rows to the target shape: natural key + output_columns + ROW_COLUMN."""
         return transform(valid, ctx)
+
+    def fhir_resources(self, rows: pl.DataFrame, identity: FhirIdentity) -> Iterator[FhirResource]:
+        """Transformed rows as FHIR R4: Patient stubs, then one Observation a row."""
+        # Imported here: only a FHIR target needs the mapping module.
+        from batchbridge.validations.lab_results_fhir import lab_fhir_resources
+
+        return lab_fhir_resources(rows, identity)
 
     def __repr__(self) -> str:
         return f"<FeedSchema {self.name}>"

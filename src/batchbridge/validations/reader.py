@@ -9,13 +9,18 @@ What a file must be, and what each failure raises (messages never quote cell val
 - RFC 4180 records (quoted fields may hold delimiters, quotes and newlines; lines
   end in \\n or \\r\\n), each with exactly one field per column -> MalformedFileError
   naming the record number (1-based data record, as in ROW_COLUMN) and its line.
+- Optionally a control record before the header, '<prefix>|<sender>|…|<n>'
+  (`fmt.header_record`): n must equal the data records -> TrailerMismatchError
+  'header record says N rows, file has M'; another sender than the expected one
+  -> MalformedFileError.
 - Optionally a last record '<trailer_prefix>,<n>': n must equal the data records
   -> TrailerMismatchError 'trailer says N rows, file has M'.
 - Blank lines at the very end of the file (or just before the trailer) are
   ignored; a blank line between data records is a record with one field (ragged).
 
 Empty fields, quoted ("") or not, are read as the empty string: the parsed frame
-holds no nulls, and nothing is inferred, trimmed, converted or filled in.
+holds no nulls, and nothing is inferred, converted or filled in. Trailing spaces and
+tabs are trimmed only when the format says so (`trim_trailing_whitespace`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,17 @@ def read_delimited(data: bytes, fmt: FormatConfig, columns: tuple[str, ...]) -> 
     if not text_bytes.strip(b"\r\n\t "):
         raise MalformedFileError("file is empty: no header and no records")
 
+    header_declared: int | None = None
+    lines_before_header = 0
+    if fmt.header_record is not None:
+        control_end = text_bytes.find(b"\n")
+        if control_end < 0:
+            control_end = len(text_bytes)
+        header_declared = _parse_header_record(text_bytes[:control_end], fmt)
+        text_bytes = text_bytes[control_end + 1 :]
+        prefix += control_end + 1
+        lines_before_header = 1
+
     if fmt.header:
         header_end = text_bytes.find(b"\n")
         if header_end < 0:
@@ -74,11 +90,11 @@ def read_delimited(data: bytes, fmt: FormatConfig, columns: tuple[str, ...]) -> 
         names = _parse_header(text_bytes[:header_end], fmt, quoting, prefix)
         _check_header(names, columns)
         body_start = header_end + 1
-        lines_before_body = 1
+        lines_before_body = lines_before_header + 1
     else:
         names = list(columns)
         body_start = 0
-        lines_before_body = 0
+        lines_before_body = lines_before_header
 
     body_end, declared = _find_trailer(text_bytes, body_start, fmt, delimiter)
     body = text_bytes[body_start:body_end]
@@ -89,9 +105,49 @@ def read_delimited(data: bytes, fmt: FormatConfig, columns: tuple[str, ...]) -> 
                             lines_before_body, data)  # fmt: skip
 
     rows = frame.height
+    if header_declared is not None and header_declared != rows:
+        raise TrailerMismatchError(f"header record says {header_declared} rows, file has {rows}")
     if declared is not None and declared != rows:
         raise TrailerMismatchError(f"trailer says {declared} rows, file has {rows}")
-    return ParsedFile(frame=frame.select(*columns, ROW_COLUMN), declared_count=declared)
+    if fmt.trim_trailing_whitespace and rows:
+        frame = frame.with_columns(pl.col(columns).str.strip_chars_end(" \t"))
+    return ParsedFile(
+        frame=frame.select(*columns, ROW_COLUMN),
+        declared_count=declared if declared is not None else header_declared,
+    )
+
+
+def _parse_header_record(raw: bytes, fmt: FormatConfig) -> int:
+    """The row count a control record like 'H|<sender>|<yyyymmdd>|<count>' declares."""
+    spec = fmt.header_record
+    assert spec is not None
+    try:
+        fields = raw.removesuffix(b"\r").decode("utf-8").split(fmt.delimiter)
+    except UnicodeDecodeError:
+        raise MalformedFileError("header record (line 1) is not valid text") from None
+    if fields[0].strip() != spec.prefix:
+        raise MalformedFileError(
+            f"line 1 is not a header record: it must start with '{spec.prefix}{fmt.delimiter}'"
+        )
+    if len(fields) < spec.count_field:
+        raise MalformedFileError(
+            f"header record (line 1) has {len(fields)} fields; "
+            f"the row count belongs in field {spec.count_field}"
+        )
+    digits = fields[spec.count_field - 1].strip()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > _MAX_COUNT_DIGITS:
+        raise MalformedFileError(
+            f"header record (line 1) field {spec.count_field} is not a row count"
+        )
+    if spec.expected_sender is not None and spec.sender_field is not None:
+        sender = fields[spec.sender_field - 1].strip() if len(fields) >= spec.sender_field else ""
+        if sender != spec.expected_sender:
+            # The sender field is partner text: say it differs, do not echo it.
+            raise MalformedFileError(
+                f"header record (line 1) names another sender than {spec.expected_sender!r} "
+                f"in field {spec.sender_field}"
+            )
+    return int(digits)
 
 
 def _parse_header(raw: bytes, fmt: FormatConfig, quoting: bool, prefix: int) -> list[str]:

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
-from batchbridge.connectors.targets.rows import check_load_request
+from batchbridge.connectors.targets.rows import SNAPSHOT_COLUMNS, check_load_request
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
@@ -44,8 +44,9 @@ TENANT_COLUMN = "tenant"
 LINEAGE_COLUMNS = ("load_id", "file_id", "source_row", "loaded_at")
 """Added to every row: which load wrote it, from which file and record, and when."""
 
-_RESERVED = frozenset({TENANT_COLUMN, *LINEAGE_COLUMNS, ROW_COLUMN})
+_RESERVED = frozenset({TENANT_COLUMN, *LINEAGE_COLUMNS, *SNAPSHOT_COLUMNS, ROW_COLUMN})
 _STAGE_NAME = "_batchbridge_stage"
+_KEPT_NAME = "_batchbridge_kept"
 # Qualified so a permanent table of the same name on the search_path can never be hit.
 _STAGE = sql.Identifier("pg_temp", _STAGE_NAME)
 
@@ -102,6 +103,8 @@ class _Plan:
     keys: tuple[str, ...]
     data: tuple[str, ...]
     frame: pl.DataFrame  # keys + data + ROW_COLUMN, nothing else (data minimization)
+    snapshot: bool = False
+    kept: pl.DataFrame | None = None  # keys of quarantined rows a snapshot keeps active
 
     @property
     def sent(self) -> int:
@@ -211,6 +214,10 @@ class PostgresTarget:
             inserted, updated = self._upsert(cur, plan, request)
             phase.name = "confirm"
             confirmed = self._count_staged_present(cur, request.tenant, plan.keys)
+            inactivated = 0
+            if plan.snapshot:
+                phase.name = "mark absent records inactive"
+                inactivated = self._mark_absent_inactive(cur, plan, request)
             crash_point("after_upsert_before_commit")
             phase.name = "commit"
             return LoadResult(
@@ -221,6 +228,7 @@ class PostgresTarget:
                 rows_unchanged=plan.sent - inserted - updated,
                 rows_rejected=0,
                 rows_confirmed=confirmed,
+                rows_inactivated=inactivated,
             )
 
         return self._execute("load", work)
@@ -336,7 +344,18 @@ class PostgresTarget:
 
     def _plan(self, request: LoadRequest) -> _Plan:
         checked = check_load_request(self.name, request, self.columns, _RESERVED)
-        return _Plan(keys=checked.keys, data=checked.data, frame=_csv_ready(checked.frame))
+        kept = None
+        if request.full_snapshot and request.kept_keys is not None:
+            kept = request.kept_keys.select(
+                [pl.col(k).cast(pl.String) for k in checked.keys]
+            ).unique()
+        return _Plan(
+            keys=checked.keys,
+            data=checked.data,
+            frame=_csv_ready(checked.frame),
+            snapshot=request.full_snapshot,
+            kept=kept,
+        )
 
     # -- statements -------------------------------------------------------------------
 
@@ -379,6 +398,8 @@ class PostgresTarget:
             assert oid is not None
         present = set(self._columns_of(cur, oid))
         expected = (TENANT_COLUMN, *plan.keys, *plan.data, *LINEAGE_COLUMNS)
+        if plan.snapshot:
+            expected += SNAPSHOT_COLUMNS
         missing = [c for c in expected if c not in present]
         if missing:
             raise TargetError(
@@ -408,6 +429,14 @@ class PostgresTarget:
             sql.SQL("file_id text NOT NULL"),
             sql.SQL("source_row integer NOT NULL"),
             sql.SQL("loaded_at timestamptz NOT NULL"),
+        ]
+        if plan.snapshot:
+            definitions += [
+                sql.SQL("active boolean NOT NULL DEFAULT true"),
+                sql.SQL("inactivated_by_load text"),
+                sql.SQL("inactivated_at timestamptz"),
+            ]
+        definitions += [
             sql.SQL("PRIMARY KEY ({})").format(_idents((TENANT_COLUMN, *plan.keys))),
         ]
         return sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
@@ -468,19 +497,29 @@ class PostgresTarget:
             sql.Identifier("s", "source_row"),
             sql.SQL("now()"),
         ]
+        assignments: list[sql.Composable] = [
+            sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("excluded", c))
+            for c in (*plan.data, *LINEAGE_COLUMNS)
+        ]
+        conditions: list[sql.Composable] = []
         if plan.data:
-            updated = (*plan.data, *LINEAGE_COLUMNS)
+            conditions.append(
+                sql.SQL("({}) IS DISTINCT FROM ({})").format(
+                    sql.SQL(", ").join(sql.Identifier("t", c) for c in plan.data),
+                    sql.SQL(", ").join(sql.Identifier("excluded", c) for c in plan.data),
+                )
+            )
+        if plan.snapshot:
+            # A record back in a full file is current again.
+            assignments.append(
+                sql.SQL("active = true, inactivated_by_load = NULL, inactivated_at = NULL")
+            )
+            conditions.append(sql.SQL("NOT t.active"))
+        if conditions:
             # Lineage moves only with the data: an unchanged row keeps the load that
             # wrote it, so loading the same file twice changes nothing at all.
-            on_conflict: sql.Composable = sql.SQL(
-                "DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})"
-            ).format(
-                sql.SQL(", ").join(
-                    sql.SQL("{} = {}").format(sql.Identifier(c), sql.Identifier("excluded", c))
-                    for c in updated
-                ),
-                sql.SQL(", ").join(sql.Identifier("t", c) for c in plan.data),
-                sql.SQL(", ").join(sql.Identifier("excluded", c) for c in plan.data),
+            on_conflict: sql.Composable = sql.SQL("DO UPDATE SET {} WHERE {}").format(
+                sql.SQL(", ").join(assignments), sql.SQL(" OR ").join(conditions)
             )
         else:
             on_conflict = sql.SQL("DO NOTHING")
@@ -500,6 +539,51 @@ class PostgresTarget:
             conflict=_idents((TENANT_COLUMN, *plan.keys)),
             on_conflict=on_conflict,
         )
+
+    def _mark_absent_inactive(self, cur: Cursor, plan: _Plan, request: LoadRequest) -> int:
+        """Mark the tenant's active records that this full file lacks inactive; their count.
+
+        Keys of the file's quarantined rows (`plan.kept`) are still current records.
+        """
+        kept_columns = [sql.SQL("{} text").format(sql.Identifier(k)) for k in plan.keys]
+        cur.execute(
+            sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+                sql.Identifier(_KEPT_NAME), sql.SQL(", ").join(kept_columns)
+            )
+        )
+        kept_table = sql.Identifier("pg_temp", _KEPT_NAME)
+        if plan.kept is not None and plan.kept.height:
+            with cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
+                    kept_table, _idents(plan.keys)
+                )
+            ) as copy:
+                buffer = io.BytesIO()
+                plan.kept.write_csv(buffer, include_header=False, quote_style="non_numeric")
+                copy.write(buffer.getbuffer())
+        in_file = sql.SQL(" AND ").join(
+            sql.SQL("s.{0} = t.{0}").format(sql.Identifier(k)) for k in plan.keys
+        )
+        in_kept = sql.SQL(" AND ").join(
+            sql.SQL("k.{0} = t.{0}::text").format(sql.Identifier(k)) for k in plan.keys
+        )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {target} AS t SET active = false, inactivated_by_load = %(load_id)s, "
+                "inactivated_at = now() WHERE t.{tenant} = %(tenant)s AND t.active "
+                "AND NOT EXISTS (SELECT 1 FROM {stage} AS s WHERE {in_file}) "
+                "AND NOT EXISTS (SELECT 1 FROM {kept} AS k WHERE {in_kept})"
+            ).format(
+                target=self._target,
+                tenant=sql.Identifier(TENANT_COLUMN),
+                stage=_STAGE,
+                in_file=in_file,
+                kept=kept_table,
+                in_kept=in_kept,
+            ),
+            {"load_id": request.load_id, "tenant": request.tenant},
+        )
+        return max(cur.rowcount, 0)
 
     def _count_staged_present(self, cur: Cursor, tenant: str, keys: tuple[str, ...]) -> int:
         join = sql.SQL(" AND ").join(

@@ -11,6 +11,10 @@ from batchbridge.connectors.targets.base import LoadRequest
 from batchbridge.errors import TargetError
 from batchbridge.validations.base import ROW_COLUMN
 
+SNAPSHOT_COLUMNS = ("active", "inactivated_by_load", "inactivated_at")
+"""Kept by tables of full-snapshot feeds: a record missing from a later full file is
+marked inactive by the load that noticed (never deleted), and active again if it returns."""
+
 
 @dataclass(frozen=True)
 class CheckedRows:

@@ -18,7 +18,7 @@ from typing import TypeVar
 import polars as pl
 
 from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
-from batchbridge.connectors.targets.rows import check_load_request
+from batchbridge.connectors.targets.rows import SNAPSHOT_COLUMNS, check_load_request
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
 
@@ -33,7 +33,7 @@ LINEAGE_COLUMNS = ("load_id", "file_id", "source_row", "loaded_at")
 DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6f+00:00"
 """Datetimes are stored as fixed-width ISO-8601 UTC text, so text order is time order."""
 
-_RESERVED = frozenset({TENANT_COLUMN, *LINEAGE_COLUMNS, ROW_COLUMN})
+_RESERVED = frozenset({TENANT_COLUMN, *LINEAGE_COLUMNS, *SNAPSHOT_COLUMNS, ROW_COLUMN})
 _STAGE = '"temp"."_batchbridge_stage"'
 # SQLITE_BUSY / SQLITE_LOCKED: another writer held the file past the busy timeout.
 _TRANSIENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
@@ -69,6 +69,8 @@ class _Plan:
     keys: tuple[str, ...]
     data: tuple[str, ...]
     frame: pl.DataFrame  # keys + data + ROW_COLUMN only (data minimization)
+    snapshot: bool = False
+    kept: pl.DataFrame | None = None  # keys of quarantined rows a snapshot keeps active
 
     @property
     def sent(self) -> int:
@@ -133,6 +135,10 @@ class SqliteTarget:
             updated = changed - inserted
             phase.name = "confirm"
             confirmed = self._count_staged_present(conn, request.tenant, plan.keys)
+            inactivated = 0
+            if plan.snapshot:
+                phase.name = "mark absent records inactive"
+                inactivated = self._mark_absent_inactive(conn, plan, request, loaded_at)
             conn.execute(f"DROP TABLE {_STAGE}")
             phase.name = "commit"
             return LoadResult(
@@ -143,6 +149,7 @@ class SqliteTarget:
                 rows_unchanged=plan.sent - inserted - updated,
                 rows_rejected=0,
                 rows_confirmed=confirmed,
+                rows_inactivated=inactivated,
             )
 
         return self._transaction("load", work, write=True)
@@ -240,7 +247,18 @@ class SqliteTarget:
 
     def _plan(self, request: LoadRequest) -> _Plan:
         checked = check_load_request(self.name, request, self.columns, _RESERVED)
-        return _Plan(keys=checked.keys, data=checked.data, frame=checked.frame)
+        kept = None
+        if request.full_snapshot and request.kept_keys is not None:
+            kept = request.kept_keys.select(
+                [pl.col(k).cast(pl.String) for k in checked.keys]
+            ).unique()
+        return _Plan(
+            keys=checked.keys,
+            data=checked.data,
+            frame=checked.frame,
+            snapshot=request.full_snapshot,
+            kept=kept,
+        )
 
     # -- statements -------------------------------------------------------------------
 
@@ -259,6 +277,8 @@ class SqliteTarget:
             conn.execute(self._create_table_sql(plan))
         present = set(self._columns_of(conn))
         expected = (TENANT_COLUMN, *plan.keys, *plan.data, *LINEAGE_COLUMNS)
+        if plan.snapshot:
+            expected += SNAPSHOT_COLUMNS
         missing = [c for c in expected if c not in present]
         if missing:
             raise TargetError(
@@ -278,8 +298,14 @@ class SqliteTarget:
             "file_id TEXT NOT NULL",
             "source_row INTEGER NOT NULL",
             "loaded_at TEXT NOT NULL",
-            f"PRIMARY KEY ({_idents((TENANT_COLUMN, *plan.keys))})",
         ]
+        if plan.snapshot:
+            definitions += [
+                "active INTEGER NOT NULL DEFAULT 1",
+                "inactivated_by_load TEXT",
+                "inactivated_at TEXT",
+            ]
+        definitions += [f"PRIMARY KEY ({_idents((TENANT_COLUMN, *plan.keys))})"]
         return f"CREATE TABLE IF NOT EXISTS {_quote(self.table)} ({', '.join(definitions)})"
 
     def _stage(
@@ -302,16 +328,18 @@ class SqliteTarget:
         columns = (TENANT_COLUMN, *plan.keys, *plan.data, *LINEAGE_COLUMNS)
         selected = ["?", *(f"s.{_quote(c)}" for c in (*plan.keys, *plan.data))]
         selected += ["?", "?", "s.source_row", "?"]
-        if plan.data:
-            assignments = ", ".join(
-                f"{_quote(c)} = excluded.{_quote(c)}" for c in (*plan.data, *LINEAGE_COLUMNS)
-            )
+        assignments = [
+            f"{_quote(c)} = excluded.{_quote(c)}" for c in (*plan.data, *LINEAGE_COLUMNS)
+        ]
+        # IS NOT is SQLite's null-safe "distinct from".
+        conditions = [f"{target}.{_quote(c)} IS NOT excluded.{_quote(c)}" for c in plan.data]
+        if plan.snapshot:
+            # A record back in a full file is current again.
+            assignments.append("active = 1, inactivated_by_load = NULL, inactivated_at = NULL")
+            conditions.append(f"{target}.active = 0")
+        if conditions:
             # Lineage moves only with the data, so loading a file twice changes nothing.
-            # IS NOT is SQLite's null-safe "distinct from".
-            changed = " OR ".join(
-                f"{target}.{_quote(c)} IS NOT excluded.{_quote(c)}" for c in plan.data
-            )
-            on_conflict = f"DO UPDATE SET {assignments} WHERE {changed}"
+            on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {' OR '.join(conditions)}"
         else:
             on_conflict = "DO NOTHING"
         # "WHERE true" is required: without it SQLite parses ON CONFLICT as a join's ON.
@@ -320,6 +348,35 @@ class SqliteTarget:
             f"FROM {_STAGE} AS s WHERE true "
             f"ON CONFLICT ({_idents((TENANT_COLUMN, *plan.keys))}) {on_conflict}"
         )
+
+    def _mark_absent_inactive(
+        self, conn: sqlite3.Connection, plan: _Plan, request: LoadRequest, at: str
+    ) -> int:
+        """Mark the tenant's active records that this full file lacks inactive; their count.
+
+        Keys of the file's quarantined rows (`plan.kept`) are still current records.
+        """
+        kept = _quote("_batchbridge_kept")
+        conn.execute(
+            f"CREATE TEMP TABLE {kept} ({', '.join(f'{_quote(k)} TEXT' for k in plan.keys)})"
+        )
+        if plan.kept is not None and plan.kept.height:
+            placeholders = ", ".join("?" for _ in plan.keys)
+            conn.executemany(
+                f"INSERT INTO temp.{kept} ({_idents(plan.keys)}) VALUES ({placeholders})",
+                plan.kept.iter_rows(),
+            )
+        in_file = " AND ".join(f"s.{_quote(k)} = t.{_quote(k)}" for k in plan.keys)
+        in_kept = " AND ".join(f"k.{_quote(k)} = CAST(t.{_quote(k)} AS TEXT)" for k in plan.keys)
+        changed = conn.execute(
+            f"UPDATE main.{_quote(self.table)} AS t SET active = 0, inactivated_by_load = ?, "
+            f"inactivated_at = ? WHERE t.{_quote(TENANT_COLUMN)} = ? AND t.active = 1 "
+            f"AND NOT EXISTS (SELECT 1 FROM {_STAGE} AS s WHERE {in_file}) "
+            f"AND NOT EXISTS (SELECT 1 FROM temp.{kept} AS k WHERE {in_kept})",
+            (request.load_id, at, request.tenant),
+        ).rowcount
+        conn.execute(f"DROP TABLE temp.{kept}")
+        return max(changed, 0)
 
     def _count_staged_present(
         self, conn: sqlite3.Connection, tenant: str, keys: tuple[str, ...]
