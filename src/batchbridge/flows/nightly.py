@@ -179,6 +179,21 @@ def snapshot_scope(
     """
     if not run.loaded.config.full_snapshot:
         return False, None
+    # An older full file loaded after a newer one (a forced rerun, a late upload) must
+    # not undo the newer one's view of who is current.
+    fallback = datetime.now(UTC).date()
+    this_date = file_date_from_name(name, fallback)
+    newer = [
+        other
+        for other in run.store.reconciled_file_names(tenant=run.tenant, feed=run.feed)
+        if other != name and file_date_from_name(other, fallback) > this_date
+    ]
+    if newer:
+        run.report.notes.append(
+            f"{name}: a newer full file ({sorted(newer)[-1]}) is already loaded: "
+            "rows upserted, nobody marked inactive from this older file"
+        )
+        return False, None
     keys = list(run.schema.natural_key)
     kept = quarantined.select(keys)
     unusable = kept.select(

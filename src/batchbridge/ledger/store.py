@@ -205,6 +205,21 @@ class LedgerStore:
             row.last_run_id = run_id
             return FileClaim(file_id=row.id, name=name, size=size, is_rerun=is_rerun)
 
+    def reconciled_file_names(self, *, tenant: str, feed: str) -> list[str]:
+        """Names of every file of the feed that reached reconciled (any run)."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(LedgerFile.name)
+                    .where(
+                        LedgerFile.tenant == tenant,
+                        LedgerFile.feed == feed,
+                        LedgerFile.state == FileState.RECONCILED,
+                    )
+                    .distinct()
+                )
+            )
+
     def get_file(self, file_id: str) -> LedgerFile:
         """A ledger file row by id."""
         with self.session() as s:
