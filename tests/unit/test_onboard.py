@@ -97,7 +97,7 @@ def test_scaffold_copies_the_targets_of_a_feed_on_the_same_schema(tmp_path: Path
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        ({"--schema": "patient_roster"}, "unknown schema"),
+        ({"--schema": "member_claims"}, "unknown schema"),
         ({"--tenant": "Globex Inc"}, "tenant"),
         ({"--timezone": "Mars/Olympus"}, "time zone"),
     ],

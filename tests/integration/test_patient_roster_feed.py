@@ -1,0 +1,172 @@
+"""The second reference feed, end to end: the shipped patient_roster.yaml, gpg-made files
+on a real sshd, through the same Prefect flow, into real PostgreSQL, as its own tenant."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from batchbridge.config import load_feed
+from batchbridge.testing.roster_data import (
+    generate_roster_rows,
+    render_roster,
+    roster_file_name,
+)
+from batchbridge.testing.scenario import (
+    LabFeedScenario,
+    SftpEndpoint,
+    build_shipped_feed_scenario,
+)
+from batchbridge.testing.sshd import SshdServer
+from batchbridge.validations.patient_roster import OUTPUT_COLUMNS
+from tests.integration.flow_helpers import libpq_url, run_flow
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
+
+SHIPPED = Path(__file__).resolve().parents[2] / "deployments" / "feeds" / "patient_roster.yaml"
+WEEK1 = date(2026, 11, 16)
+CANARY = "Quillonvarz"
+
+
+def endpoint_for(server: SshdServer) -> SftpEndpoint:
+    drop_dir = server.root / f"drop-{secrets.token_hex(4)}"
+    return SftpEndpoint(
+        host=server.host,
+        port=server.port,
+        username=server.username,
+        host_key_line=server.host_key_line,
+        client_private_key=server.client_private_key,
+        remote_dir=str(drop_dir),
+        drop_dir=drop_dir,
+    )
+
+
+@pytest.fixture
+def roster(
+    tmp_path: Path, sshd_server: SshdServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LabFeedScenario]:
+    monkeypatch.setenv("BB_TEST_ROSTER_URL", postgres_url)
+    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
+    shipped_target = load_feed("patient_roster", SHIPPED.parent).config.targets[0]
+    target = {
+        "name": "registry",
+        "kind": "postgres",
+        "url": "env:BB_TEST_ROSTER_URL",
+        "db_schema": "riverside",
+        "table": "member",
+        "columns": list(shipped_target.columns),
+    }
+    built = build_shipped_feed_scenario(tmp_path / "roster", endpoint_for(sshd_server), SHIPPED,
+                                        targets=[target])  # fmt: skip
+    yield built
+    built.close()
+
+
+def members(url: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(libpq_url(url)) as conn:
+        if conn.execute("SELECT to_regclass('riverside.member')").fetchone() == (None,):
+            return {}
+        cur = conn.execute("SELECT * FROM riverside.member")
+        names = [d.name for d in cur.description or []]
+        return {row[names.index("member_id")]: dict(zip(names, row, strict=True)) for row in cur}
+
+
+def drop(scenario: LabFeedScenario, day: date, data: bytes) -> None:
+    scenario.drop_file(roster_file_name(day), data)
+
+
+def test_roster_loads_quarantines_and_marks_absent_members_inactive(
+    roster: LabFeedScenario, postgres_url: str
+) -> None:
+    assert roster.tenant == "riverside_clinic"
+    week1 = generate_roster_rows(
+        40, seed=1, file_date=WEEK1, bad_rows={"bad_phone": 1, "unmapped_plan": 1},
+        canary_names=[CANARY],
+    )  # fmt: skip
+    drop(roster, WEEK1, render_roster(week1, file_date=WEEK1))
+
+    report = run_flow(roster)
+    assert report.status == "succeeded", report.to_dict()
+    (first,) = report.files
+    assert (first.rows_read, first.rows_declared, first.rows_quarantined) == (40, 40, 2)
+    assert first.quarantine_reasons == {"phone:ten_digits": 1, "plan_code:unmapped_code": 1}
+    assert first.targets["registry"].inserted == 38
+    loaded = members(postgres_url)
+    assert len(loaded) == 38 and all(m["active"] for m in loaded.values())
+    some = loaded["M000002"]
+    assert set(OUTPUT_COLUMNS) <= set(some) and some["tenant"] == "riverside_clinic"
+    assert some["birth_date"].year >= 1940 and some["plan_name"]
+    assert not some["given"].endswith(" ")  # trailing spaces trimmed
+
+    # Week 2: five members left, a fixed row is back, one new; a quarantined member
+    # (bad phone) stays active although it could not be loaded.
+    week2_day = WEEK1 + timedelta(days=7)
+    ids = ["M000041", *(f"M{i:06d}" for i in range(6, 41) if i != 20), "M000020"]
+    week2 = generate_roster_rows(36, seed=1, file_date=week2_day, member_ids=ids,
+                                 bad_rows={"bad_email": 1})  # fmt: skip
+    drop(roster, week2_day, render_roster(week2, file_date=week2_day))
+    second = run_flow(roster)
+    assert second.status == "succeeded", second.to_dict()
+    (file2,) = second.files
+    counts = file2.targets["registry"]
+    assert counts.inactivated == 5  # M000001-M000005, not deleted
+    after = members(postgres_url)
+    gone = {m for m, row in after.items() if not row["active"]}
+    assert gone == {f"M{i:06d}" for i in range(1, 6)}
+    load_id = next(iter(after[m]["inactivated_by_load"] for m in gone))
+    assert all(after[m]["inactivated_by_load"] == load_id for m in gone)
+    assert week2["member_id"][-1] == "M000020"  # the planted bad row
+    assert after["M000020"]["active"]
+    assert counts.inserted == 3  # M000041, and M000039/M000040 fixed since week 1
+    assert "M000041" in after
+
+    # Rerun of week 2: nothing changes, nobody else is inactivated.
+    again = run_flow(roster, files=[roster_file_name(week2_day)], force=True)
+    (file3,) = again.files
+    assert file3.targets["registry"].inactivated == 0
+    assert file3.targets["registry"].inserted == 0
+    assert members(postgres_url) == after
+
+
+def test_header_count_mismatch_fails_the_file_whole(
+    roster: LabFeedScenario, postgres_url: str
+) -> None:
+    rows = generate_roster_rows(10, seed=2, file_date=WEEK1)
+    drop(roster, WEEK1, render_roster(rows, file_date=WEEK1, declared=11))
+    report = run_flow(roster)
+    (file_report,) = report.files
+    assert file_report.outcome == "failed" and file_report.reason == "trailer_mismatch"
+    assert "header record says 11 rows, file has 10" in (file_report.message or "")
+    assert members(postgres_url) == {}
+
+
+def test_another_sender_is_refused(roster: LabFeedScenario, postgres_url: str) -> None:
+    rows = generate_roster_rows(5, seed=3, file_date=WEEK1)
+    drop(roster, WEEK1, render_roster(rows, file_date=WEEK1, sender="SOMEONE_ELSE"))
+    (file_report,) = run_flow(roster).files
+    assert file_report.outcome == "failed"
+    assert "another sender" in (file_report.message or "")
+    assert "SOMEONE_ELSE" not in (file_report.message or "")
+
+
+def test_an_older_roster_loaded_late_marks_nobody_inactive(
+    roster: LabFeedScenario, postgres_url: str
+) -> None:
+    newer_day = WEEK1 + timedelta(days=7)
+    drop(roster, newer_day, render_roster(generate_roster_rows(6, seed=4, file_date=newer_day),
+                                          file_date=newer_day))  # fmt: skip
+    assert run_flow(roster).status == "succeeded"
+    older = generate_roster_rows(3, seed=4, file_date=WEEK1)  # M000001-3 only
+    drop(roster, WEEK1, render_roster(older, file_date=WEEK1))
+    report = run_flow(roster)
+    (file_report,) = report.files
+    assert file_report.targets["registry"].inactivated == 0
+    assert any("newer full file" in note for note in report.notes)
+    assert all(m["active"] for m in members(postgres_url).values())
