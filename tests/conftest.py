@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.plugins.gpg",
     "tests.plugins.prefect",
     "tests.plugins.scenario",
+    "tests.plugins.fhir",
 ]
