@@ -19,7 +19,8 @@ never patient values: they end up in logs, Prefect states and alerts.
     ├── FileRejectedError            exit 5   the plaintext is not a file we accept
     │   ├── MalformedFileError                encoding, quoting, ragged rows, empty input
     │   ├── SchemaDriftError                  missing or unknown columns
-    │   └── TrailerMismatchError              trailer/header count differs from rows read
+    │   ├── TrailerMismatchError              trailer/header count differs from rows read
+    │   └── ContractViolationError            the feed's file contract is broken
     ├── TargetError                  exit 6   a target refused or failed a load
     │   └── TransientTargetError              connection lost / serialization failure
     ├── ReconciliationError          exit 7   counts do not balance
@@ -147,6 +148,12 @@ class TrailerMismatchError(FileRejectedError):
     """Raised when a trailer/header record count differs from the data rows read."""
 
     reason = "trailer_mismatch"
+
+
+class ContractViolationError(FileRejectedError):
+    """Raised when a file breaks its feed's contract (name, size, window, counts, manifest)."""
+
+    reason = "contract_violated"
 
 
 class TargetError(BatchbridgeError):

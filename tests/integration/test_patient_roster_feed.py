@@ -170,3 +170,16 @@ def test_an_older_roster_loaded_late_marks_nobody_inactive(
     assert file_report.targets["registry"].inactivated == 0
     assert any("newer full file" in note for note in report.notes)
     assert all(m["active"] for m in members(postgres_url).values())
+
+
+def test_the_file_contract_is_checked_before_download(
+    roster: LabFeedScenario, postgres_url: str
+) -> None:
+    rows = generate_roster_rows(5, seed=6, file_date=WEEK1)
+    roster.drop_file("roster_final.txt.gpg", render_roster(rows, file_date=WEEK1))
+    report = run_flow(roster)
+    (file_report,) = report.files
+    assert (file_report.outcome, file_report.failed_stage) == ("failed", "contract")
+    assert file_report.reason == "contract_violated"
+    assert "does not match the contract pattern" in (file_report.message or "")
+    assert members(postgres_url) == {}

@@ -452,7 +452,9 @@ def test_https_only_except_loopback(url: str, ok: bool) -> None:
             check_fhir_url(url, "base_url", "fhir")
 
 
-def test_full_snapshots_are_refused() -> None:
+def test_full_snapshots_load_as_upserts_and_inactivate_nobody(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     target, _ = make_target(FakeFhir())
     snapshot = LoadRequest(
         tenant="t",
@@ -462,8 +464,9 @@ def test_full_snapshots_are_refused() -> None:
         rows=lab_rows(1),
         full_snapshot=True,
     )
-    with pytest.raises(TargetError, match="full snapshots"):
-        target.load(snapshot)
+    result = target.load(snapshot)
+    assert result.rows_inactivated == 0 and result.rows_confirmed == 1
+    assert "not marked inactive" in caplog.text
 
 
 def test_a_next_link_to_another_server_is_not_followed() -> None:

@@ -33,6 +33,7 @@ from batchbridge.ledger.models import FileState, RunStatus
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings, load_settings
 from batchbridge.tasks.alerts import alert_on_run
+from batchbridge.tasks.contract import check_declared_count, check_listing
 from batchbridge.tasks.decrypt import decrypt_file
 from batchbridge.tasks.discover import list_ready_files, select_files
 from batchbridge.tasks.fetch import fetch_file
@@ -228,9 +229,11 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
         name=remote.name, file_id=claim.file_id, outcome="failed", is_rerun=claim.is_rerun
     )
     timings: dict[str, float] = {}
-    stage = "fetch"
+    stage = "contract"
     fetched_path: Path | None = None
     try:
+        check_listing(config.contract, remote, timezone=config.timezone)
+        stage = "fetch"
         with _timed(timings, "fetch"):
             staging = feed_staging_dir(run.settings.staging_dir, run.tenant, run.feed)
             fetched = fetch_file(run.source, remote, staging)
@@ -258,6 +261,7 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             validated = validate_file(plaintext.data, config.format, run.schema, vctx)
         crash_point("after_validate")
         del plaintext  # the bytes are patient data: drop them as soon as they are parsed
+        check_declared_count(config.contract, validated.rows_declared)
         result = validated.result
         rows_read, rows_declared = validated.rows_read, validated.rows_declared
         rows_valid, rows_quarantined = result.valid.height, result.quarantined.height

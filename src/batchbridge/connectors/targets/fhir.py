@@ -439,9 +439,13 @@ class FhirTarget:
     def load(self, request: LoadRequest) -> LoadResult:
         """Send `request.rows` as conditional updates in transaction Bundles; count and confirm."""
         if request.full_snapshot:
-            raise TargetError(
-                f"target {self.name}: a FHIR target does not take full snapshots "
-                "(it never marks resources inactive)"
+            # Marking the server's other resources inactive would mean paging through
+            # every resource under our identifier system; not done yet. The rows are
+            # still upserted; the report shows 0 inactivated for this target.
+            logger.warning(
+                "target %s: full snapshot loaded as upserts; FHIR resources absent from "
+                "the file are not marked inactive",
+                self.name,
             )
         checked = check_load_request(self.name, request, self.columns, _RESERVED)
         plan = self._plan(checked.frame)
