@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import posixpath
 import socket
@@ -14,10 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import paramiko
-import paramiko.sftp as sftp_codes
 from tenacity import (
     RetryCallState,
     RetryError,
@@ -28,17 +25,18 @@ from tenacity import (
 )
 
 from batchbridge.config import SftpSourceConfig
-from batchbridge.connectors.secrets import resolve_secret
+from batchbridge.connectors.sftp_connect import (
+    SftpSession,
+    brief,
+    classify_ssh_failure,
+    listdir_attr,
+    load_client_key,
+    open_sftp_session,
+    prefetch_quietly,
+)
 from batchbridge.connectors.sources.base import FetchedFile, RemoteFile
 from batchbridge.connectors.sources.names import check_remote_name
-from batchbridge.connectors.sources.ssh_keys import (
-    PinnedHostKeyPolicy,
-    describe_key,
-    disabled_host_key_algorithms,
-    load_private_key,
-    parse_host_keys,
-    verify_host_key,
-)
+from batchbridge.connectors.sources.ssh_keys import describe_key, parse_host_keys
 from batchbridge.connectors.sources.stability import (
     Listing,
     ListingEntry,
@@ -69,26 +67,6 @@ logging.getLogger(_PROBE_LOG_CHANNEL).setLevel(logging.CRITICAL)
 # Same chunk size as paramiko's getfo(); prefetch keeps the pipe full either way.
 _CHUNK = 32768
 _MAX_BACKOFF_SECONDS = 30.0
-_TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.ECONNREFUSED,
-        errno.EPIPE,
-        errno.ETIMEDOUT,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENETDOWN,
-    }
-)
-_TRANSIENT_TYPES = (
-    EOFError,
-    paramiko.SSHException,
-    TimeoutError,
-    ConnectionError,
-    socket.gaierror,
-    paramiko.ssh_exception.NoValidConnectionsError,
-)
 
 
 @dataclass(frozen=True)
@@ -127,13 +105,11 @@ class SftpSource:
         self.where = f"{config.host}:{config.port}"
         self._base_dir = base_dir
         self._pinned = parse_host_keys(config.host_keys)
-        self._disabled_algorithms = {"keys": disabled_host_key_algorithms(self._pinned)}
         self._clock = clock
         self._sleep = sleep
         self._backoff_seconds = backoff_seconds
         self._pkey: paramiko.PKey | None = None
-        self._client: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._session: SftpSession | None = None
         self._lock = threading.RLock()
 
     # -- Source protocol -------------------------------------------------------------
@@ -226,7 +202,7 @@ class SftpSource:
                 size=attrs.st_size,
                 mtime=None if attrs.st_mtime is None else int(attrs.st_mtime),
             )
-            for attrs in _listdir_attr(sftp, self.config.remote_dir)
+            for attrs in listdir_attr(sftp, self.config.remote_dir)
         ]
         return scan_listing(entries, self.config.glob)
 
@@ -246,7 +222,7 @@ class SftpSource:
             )
         with StagedFile(staging, remote) as staged, sftp.open(path, "rb") as handle:
             if remote.size > 0:
-                _prefetch(handle, remote.size)
+                prefetch_quietly(handle, remote.size)
             # Read at most one byte past the listed size: a file that grew is refused
             # without downloading all of it.
             remaining = remote.size + 1
@@ -352,113 +328,58 @@ class SftpSource:
         return log
 
     def _connect(self) -> paramiko.SFTPClient:
-        if self._sftp is not None and self._client is not None:
-            transport = self._client.get_transport()
-            if transport is not None and transport.is_active():
-                return self._sftp
+        if self._session is not None and self._session.is_active():
+            return self._session.sftp
         self._disconnect()
-        pkey = self._private_key()
-        timeout = self.config.connect_timeout_seconds
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(PinnedHostKeyPolicy(self._pinned, self.where))
-        try:
-            client.connect(
-                hostname=self.config.host,
-                port=self.config.port,
-                username=self.config.username,
-                pkey=pkey,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-                channel_timeout=timeout,
-                allow_agent=False,
-                look_for_keys=False,
-                disabled_algorithms=self._disabled_algorithms,
-            )
-            transport = client.get_transport()
-            if transport is None:
-                raise paramiko.SSHException("no transport after connect")
-            # Belt and braces: whatever paramiko did, the key in use must be pinned.
-            server_key = transport.get_remote_server_key()
-            verify_host_key(server_key, self._pinned, self.where)
-            sftp = client.open_sftp()
-            channel = sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(timeout)
-        except BaseException:
-            client.close()
-            raise
-        self._client, self._sftp = client, sftp
+        session = open_sftp_session(
+            host=self.config.host,
+            port=self.config.port,
+            username=self.config.username,
+            pkey=self._private_key(),
+            pinned=self._pinned,
+            timeout=self.config.connect_timeout_seconds,
+        )
+        self._session = session
         logger.info(
             "connected to %s as %s (host key %s)",
             self.where,
             self.config.username,
-            describe_key(server_key),
+            describe_key(session.server_key),
         )
-        return sftp
+        return session.sftp
 
     def _disconnect(self) -> None:
-        sftp, client = self._sftp, self._client
-        self._sftp = self._client = None
-        if sftp is not None:
-            # Closing a broken session must not mask the error that broke it.
-            with contextlib.suppress(Exception):
-                sftp.close()
-        if client is not None:
-            client.close()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     def _private_key(self) -> paramiko.PKey:
         if self._pkey is None:
-            ref = self.config.private_key
-            text = resolve_secret(ref, base_dir=self._base_dir).get_secret_value()
-            passphrase = None
-            if self.config.private_key_passphrase is not None:
-                passphrase = resolve_secret(
-                    self.config.private_key_passphrase, base_dir=self._base_dir
-                ).get_secret_value()
-            self._pkey = load_private_key(text, passphrase, ref)
+            self._pkey = load_client_key(
+                self.config.private_key,
+                self.config.private_key_passphrase,
+                base_dir=self._base_dir,
+            )
         return self._pkey
 
     def _as_source_error(self, exc: Exception, action: str) -> BatchbridgeError | None:
         """Map an exception to the error tree; None means 'not ours, re-raise as is'."""
         if isinstance(exc, BatchbridgeError):
             return exc
-        if isinstance(exc, paramiko.AuthenticationException):
-            return SourceError(
-                f"{self.where} refused the configured private key for user "
-                f"{self.config.username!r} (authentication failed; not retried)",
-                reason="auth_failed",
-            )
-        if isinstance(exc, paramiko.BadHostKeyException):
-            return HostKeyError(f"host key of {self.where} did not match the pinned keys")
-        if isinstance(exc, paramiko.ssh_exception.IncompatiblePeer):
-            if "host key" in str(exc):
-                types = ", ".join(sorted({key.get_name() for key in self._pinned}))
-                return HostKeyError(
-                    f"{self.where} offers none of the pinned host key types ({types}); "
-                    "refusing to connect"
-                )
-            return SourceError(
-                f"{action}: no common SSH algorithms with {self.where} ({_brief(exc)})"
-            )
-        if isinstance(exc, _TRANSIENT_TYPES) or (
-            isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
-        ):
-            return TransientSourceError(
-                f"{action} on {self.where}: connection problem "
-                f"({type(exc).__name__}: {_brief(exc)})"
-            )
-        if isinstance(exc, FileNotFoundError):
-            return SourceError(
-                f"{action} on {self.where}: no such file or folder", reason="remote_missing"
-            )
-        if isinstance(exc, PermissionError):
-            return SourceError(
-                f"{action} on {self.where}: permission denied", reason="permission_denied"
-            )
-        if isinstance(exc, OSError | paramiko.SFTPError):
-            return SourceError(f"{action} on {self.where} failed ({_brief(exc)})")
-        return None
+        failure = classify_ssh_failure(
+            exc,
+            action=action,
+            where=self.where,
+            username=self.config.username,
+            pinned=self._pinned,
+        )
+        if failure is None:
+            return None
+        if failure.kind == "host_key":
+            return HostKeyError(failure.message, reason=failure.reason)
+        if failure.kind == "transient":
+            return TransientSourceError(failure.message, reason=failure.reason)
+        return SourceError(failure.message, reason=failure.reason)
 
 
 def server_host_key(
@@ -482,7 +403,7 @@ def server_host_key(
         raise SourceError(f"cannot resolve host {host!r}", reason="host_unknown") from None
     except OSError as exc:
         raise TransientSourceError(
-            f"cannot connect to {where} ({type(exc).__name__}: {_brief(exc)})"
+            f"cannot connect to {where} ({type(exc).__name__}: {brief(exc)})"
         ) from None
     transport = paramiko.Transport(sock, disabled_algorithms={"keys": list(disabled_algorithms)})
     transport.set_log_channel(_PROBE_LOG_CHANNEL)
@@ -496,79 +417,13 @@ def server_host_key(
             raise HostKeyError(
                 f"{where} offers no host key of the requested types", reason="host_key_type"
             ) from None
-        raise SourceError(f"no common SSH algorithms with {where} ({_brief(exc)})") from None
+        raise SourceError(f"no common SSH algorithms with {where} ({brief(exc)})") from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise TransientSourceError(
-            f"SSH handshake with {where} failed ({type(exc).__name__}: {_brief(exc)})"
+            f"SSH handshake with {where} failed ({type(exc).__name__}: {brief(exc)})"
         ) from None
     finally:
         transport.close()
-
-
-def _listdir_attr(sftp: paramiko.SFTPClient, path: str) -> list[paramiko.SFTPAttributes]:
-    """`sftp.listdir_attr`, except a name that is not UTF-8 is kept (surrogate-escaped).
-
-    paramiko decodes names strictly, so one such name would fail the whole listing; the
-    fallback re-reads the folder through paramiko's request layer and lets the name check
-    refuse that entry alone.
-    """
-    try:
-        return sftp.listdir_attr(path)
-    except UnicodeDecodeError:
-        logger.debug("a name in %s is not valid UTF-8; listing it tolerantly", path)
-    # The request layer and SFTPAttributes._from_msg are not in the type stubs.
-    client: Any = sftp
-    attributes: Any = paramiko.SFTPAttributes
-    _, msg = client._request(sftp_codes.CMD_OPENDIR, client._adjust_cwd(path))
-    handle = msg.get_binary()
-    entries: list[paramiko.SFTPAttributes] = []
-    try:
-        while True:
-            try:
-                kind, msg = client._request(sftp_codes.CMD_READDIR, handle)
-            except EOFError:
-                break
-            if kind != sftp_codes.CMD_NAME:
-                raise paramiko.SFTPError("expected a name response")
-            for _ in range(msg.get_int()):
-                name = msg.get_string().decode("utf-8", "surrogateescape")
-                longname = msg.get_string().decode("utf-8", "replace")
-                attrs = attributes._from_msg(msg, name, longname)
-                if name not in (".", ".."):
-                    entries.append(attrs)
-    finally:
-        client._request(sftp_codes.CMD_CLOSE, handle)
-    return entries
-
-
-def _prefetch(handle: paramiko.SFTPFile, size: int) -> None:
-    """`handle.prefetch(size)`, except that a dropped link does not crash its thread loudly.
-
-    paramiko sends the read requests from a background thread. When the connection drops
-    mid-download, that thread dies with an unhandled exception (a traceback on stderr,
-    outside our error tree). The reading thread meets the same dead connection and raises
-    it as a TransientSourceError, so the background thread's copy of it is dropped.
-    """
-    file: Any = handle  # the prefetch thread's target is not in the type stubs
-    send_requests = file._prefetch_thread
-
-    def send_quietly(*args: Any) -> None:
-        try:
-            send_requests(*args)
-        except (EOFError, OSError, paramiko.SSHException) as exc:
-            logger.debug("prefetch requests stopped: %s", type(exc).__name__)
-
-    # Read by paramiko when prefetch() starts the thread.
-    file._prefetch_thread = send_quietly
-    handle.prefetch(size)
-
-
-def _brief(exc: BaseException) -> str:
-    """Exception text for a message: server-supplied, so escaped and bounded."""
-    text = str(exc) or type(exc).__name__
-    if not text.isprintable():
-        text = repr(text)
-    return text[:200]
 
 
 def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:

@@ -1,4 +1,4 @@
-"""SSH key handling for SftpSource: pinned host keys, fingerprints, the client's private key."""
+"""SSH key handling for the SFTP source and target: pinned host keys, fingerprints, client key."""
 
 from __future__ import annotations
 
@@ -57,14 +57,19 @@ def parse_host_key(line: str) -> paramiko.PKey:
         raise ConfigError(f"pinned host key of type {key_type!r} is malformed") from None
 
 
-def parse_host_keys(lines: Sequence[str]) -> list[paramiko.PKey]:
-    """Parse every pinned host key of a feed; an invalid one is a ConfigError naming its index."""
+def parse_host_keys(
+    lines: Sequence[str], *, field: str = "source.host_keys"
+) -> list[paramiko.PKey]:
+    """Parse every pinned host key of a feed; an invalid one is a ConfigError naming its index.
+
+    `field` is where the keys sit in the feed YAML, for that message.
+    """
     keys: list[paramiko.PKey] = []
     for index, line in enumerate(lines):
         try:
             keys.append(parse_host_key(line))
         except ConfigError as exc:
-            raise ConfigError(f"source.host_keys[{index}]: {exc}") from None
+            raise ConfigError(f"{field}[{index}]: {exc}") from None
     return keys
 
 
