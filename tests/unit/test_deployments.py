@@ -126,7 +126,8 @@ def test_a_per_feed_flow_is_one_table_row() -> None:
     )
     plan = build_plan(FEEDS_DIR, feed_deployments=[checks], fixed_deployments=[])
     data = yaml.safe_load(plan.text)
-    entry, roster = data["deployments"]
+    entry, northwind, roster = data["deployments"]
+    assert northwind["name"] == "northwind_lab_hl7-health"
     assert roster["name"] == "patient_roster-health"
     assert entry["name"] == "lab_results-health"
     assert entry["description"] == "Health of lab_results (acme_lab)."
@@ -152,7 +153,8 @@ def test_cli_check_exits_2_while_the_file_is_stale(
 
 def test_a_tenant_limit_other_than_the_default_is_applied_and_shown() -> None:
     default = build_plan(FEEDS_DIR)
-    assert default.tenant_queues == {"tenant-acme_lab": 1, "tenant-riverside_clinic": 1}
+    others = {"tenant-northwind_lab": 1, "tenant-riverside_clinic": 1}
+    assert default.tenant_queues == {"tenant-acme_lab": 1, **others}
     wider = build_plan(FEEDS_DIR, tenant_limits={"acme_lab": 3})
-    assert wider.tenant_queues == {"tenant-acme_lab": 3, "tenant-riverside_clinic": 1}
+    assert wider.tenant_queues == {"tenant-acme_lab": 3, **others}
     assert "at most 3 flow run(s)" in wider.text
