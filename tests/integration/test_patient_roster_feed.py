@@ -3,6 +3,7 @@ on a real sshd, through the same Prefect flow, into real PostgreSQL, as its own 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -183,3 +184,42 @@ def test_the_file_contract_is_checked_before_download(
     assert file_report.reason == "contract_violated"
     assert "does not match the contract pattern" in (file_report.message or "")
     assert members(postgres_url) == {}
+
+
+def test_a_manifest_contract_waits_for_the_manifest_and_checks_the_bytes(
+    tmp_path: Path, sshd_server: SshdServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BB_TEST_ROSTER_URL", postgres_url)
+    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
+    target = {
+        "name": "registry",
+        "kind": "postgres",
+        "url": "env:BB_TEST_ROSTER_URL",
+        "db_schema": "riverside",
+        "table": "member",
+        "columns": ["patient_key", "plan_code"],
+    }
+    scenario = build_shipped_feed_scenario(
+        tmp_path / "roster", endpoint_for(sshd_server), SHIPPED, targets=[target],
+        contract={"marker": "manifest"},
+    )  # fmt: skip
+    try:
+        name = roster_file_name(WEEK1)
+        path = scenario.drop_file(name, render_roster(generate_roster_rows(4, seed=9,
+                                  file_date=WEEK1), file_date=WEEK1))  # fmt: skip
+        waiting = run_flow(scenario)
+        assert waiting.files == [] and waiting.skipped[name].startswith("awaiting_marker")
+
+        manifest = path.with_name(name + ".manifest")
+        manifest.write_text(f"{'0' * 64}  {name}\n")
+        (wrong,) = run_flow(scenario).files
+        assert (wrong.outcome, wrong.reason) == ("failed", "contract_violated")
+        assert "differs from" in (wrong.message or "")
+
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        manifest.write_text(f"{digest}  {name}\n")
+        (good,) = run_flow(scenario).files
+        assert good.outcome == "reconciled" and len(members(postgres_url)) == 4
+    finally:
+        scenario.close()

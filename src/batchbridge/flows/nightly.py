@@ -33,7 +33,13 @@ from batchbridge.ledger.models import FileState, RunStatus
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings, load_settings
 from batchbridge.tasks.alerts import alert_on_run
-from batchbridge.tasks.contract import check_declared_count, check_listing
+from batchbridge.tasks.contract import (
+    MARKER_MAX_BYTES,
+    check_declared_count,
+    check_listing,
+    check_manifest,
+    marker_name,
+)
 from batchbridge.tasks.decrypt import decrypt_file
 from batchbridge.tasks.discover import list_ready_files, select_files
 from batchbridge.tasks.fetch import fetch_file
@@ -209,7 +215,9 @@ def snapshot_scope(
     return True, kept
 
 
-def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport | None:
+def process_file(
+    run: FeedRun, remote: RemoteFile, *, force: bool, manifest: bytes | None = None
+) -> FileReport | None:
     """Take one file through every stage; a failure is recorded, never raised."""
     assert run.source is not None and run.decryptor is not None
     claim = run.store.claim_file(
@@ -238,6 +246,9 @@ def process_file(run: FeedRun, remote: RemoteFile, *, force: bool) -> FileReport
             staging = feed_staging_dir(run.settings.staging_dir, run.tenant, run.feed)
             fetched = fetch_file(run.source, remote, staging)
         fetched_path = fetched.local_path
+        if manifest is not None:
+            stage = "contract"
+            check_manifest(manifest, name=remote.name, sha256=fetched.sha256)
         crash_point("after_download")
         run.store.advance_file(claim.file_id, FileState.FETCHED, sha256=fetched.sha256)
         crash_point("after_fetch_ledger")
@@ -421,7 +432,17 @@ def _process_feed(
             report.skipped.update(discovery.skipped)
             stage = "files"
             for remote in discovery.to_process:
-                file_report = process_file(run, remote, force=force)
+                marker_name_ = marker_name(config.contract, remote.name)
+                manifest: bytes | None = None
+                if marker_name_ is not None:
+                    marker = source.read_marker(marker_name_, MARKER_MAX_BYTES)
+                    if marker is None:
+                        # Not broken, just not finished: the partner writes the marker last.
+                        report.skipped[remote.name] = f"awaiting_marker ({marker_name_})"
+                        continue
+                    if config.contract.marker == "manifest":
+                        manifest = marker
+                file_report = process_file(run, remote, force=force, manifest=manifest)
                 if file_report is not None:
                     report.files.append(file_report)
             if config.source.processed_dir is not None:

@@ -122,7 +122,7 @@ class FeedRelease:
                 stage = "transform"
                 out = _transform(checked.valid, self.ctx.schema, self.transform_ctx)
                 stage = "load"
-                loads = self._load(file.id, out, report)
+                loads = self._load(file, out, report)
                 crash_point("mid_release")
                 stage = "reconcile"
                 reconcile_counts(
@@ -150,7 +150,12 @@ class FeedRelease:
             report.balanced = balance_of(s, s.get_one(LedgerFile, file.id)).balanced
         return report
 
-    def _load(self, file_id: str, rows: pl.DataFrame, report: FileRelease) -> list[TargetLoad]:
+    def _load(self, file: LedgerFile, rows: pl.DataFrame, report: FileRelease) -> list[TargetLoad]:
+        file_id = file.id
+        # Released rows are a delivery of their own: a target writing one extract per
+        # source file (outbound SFTP) must not replace the file's first extract with them.
+        release_name = f"{file.name.split('.')[0]}_release_{self.run.run_id[:8]}"
+
         def loaded(done: TargetLoad) -> None:
             self.store.record_load(run_id=self.run.run_id, file_id=file_id, load=done.record())
             report.targets[done.result.target] = done.counts()
@@ -163,6 +168,8 @@ class FeedRelease:
             file_id=file_id,
             rows=rows,
             on_loaded=loaded,
+            feed=self.ctx.loaded.config.feed,
+            source_name=release_name,
         )
 
     def _settle(

@@ -16,6 +16,8 @@ from batchbridge.errors import ContractViolationError
 
 MANIFEST_SUFFIX = ".manifest"
 DONE_SUFFIX = ".done"
+MARKER_MAX_BYTES = 64 * 1024
+"""A marker or manifest is a few lines; anything bigger is refused unread."""
 _SHA256_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
 
 

@@ -45,6 +45,13 @@ class Source(Protocol):
         """Move the remote file to the processed folder, when one is configured."""
         ...
 
+    def read_marker(self, name: str, max_bytes: int) -> bytes | None:
+        """A small regular file beside the inbox files ('.done', manifest), or None if absent.
+
+        Refuses unsafe names, links and files larger than `max_bytes`.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

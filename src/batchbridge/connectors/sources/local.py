@@ -98,6 +98,22 @@ class LocalDirSource:
         logger.info("fetched %s (%d bytes)", remote.name, fetched.size)
         return fetched
 
+    def read_marker(self, name: str, max_bytes: int) -> bytes | None:
+        """A small regular file in the folder (a '.done' marker, a manifest), or None."""
+        check_remote_name(name)
+        try:
+            fd = self._open_regular(RemoteFile(name=name, size=0, mtime=0))
+        except SourceError as exc:
+            if exc.reason == "remote_missing":
+                return None
+            raise
+        try:
+            if os.fstat(fd).st_size > max_bytes:
+                raise SourceError(f"{name}: larger than {max_bytes} bytes; not a marker")
+            return os.read(fd, max_bytes)
+        finally:
+            os.close(fd)
+
     def mark_processed(self, remote: RemoteFile) -> None:
         """Move the file into `processed_dir`; nothing to do when it is already there."""
         if self.processed_dir is None:

@@ -151,6 +151,25 @@ class SftpSource:
         logger.info("fetched %s (%d bytes) from %s", remote.name, fetched.size, self.where)
         return fetched
 
+    def read_marker(self, name: str, max_bytes: int) -> bytes | None:
+        """A small regular file in the remote folder (a '.done' marker, a manifest), or None."""
+        check_remote_name(name)
+
+        def read(sftp: paramiko.SFTPClient) -> bytes | None:
+            path = self._remote_path(name)
+            try:
+                info = sftp.lstat(path)
+            except FileNotFoundError:
+                return None
+            if info.st_mode is None or not stat.S_ISREG(info.st_mode):
+                raise UnsafeRemoteNameError(f"{name}: is not a regular file")
+            if (info.st_size or 0) > max_bytes:
+                raise SourceError(f"{name}: larger than {max_bytes} bytes; not a marker")
+            with sftp.open(path, "rb") as handle:
+                return bytes(handle.read(max_bytes + 1))[:max_bytes]
+
+        return self._run(f"read marker {name}", read)
+
     def mark_processed(self, remote: RemoteFile) -> None:
         """Move the remote file into `processed_dir` (created if missing); idempotent."""
         if self.config.processed_dir is None:
