@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 # The decryptor's private helpers for a gpg environment, shared rather than copied.
-from batchbridge.connectors.decryptors.gnupg import _env, _gpgconf_for, _ram_tmp_dir
+from batchbridge.connectors.decryptors.gnupg import gpg_env, gpgconf_for, ram_tmp_dir
 from batchbridge.connectors.decryptors.status import StatusLine, parse_status
 from batchbridge.errors import ConfigError, TargetError
 
@@ -78,7 +78,7 @@ class GpgEncryptor:
                 f"signing key passphrase is longer than {_MAX_PASSPHRASE_BYTES} bytes"
             )
         self._gpg = resolved
-        self._gpgconf = _gpgconf_for(resolved)
+        self._gpgconf = gpgconf_for(resolved)
         self._keys = keys
 
     def encrypt(self, plaintext: bytes, *, file_name: str) -> EncryptedExtract:
@@ -102,7 +102,7 @@ class GpgEncryptor:
     @contextmanager
     def _temporary_home(self) -> Iterator[Path]:
         # mkdtemp makes the folder 0700, as gpg wants; RAM-backed where there is one.
-        home = Path(tempfile.mkdtemp(prefix="bbgpg-out-", dir=_ram_tmp_dir()))
+        home = Path(tempfile.mkdtemp(prefix="bbgpg-out-", dir=ram_tmp_dir()))
         # Minimum re-protection cost and no passphrase cache: see GnuPGDecryptor.
         (home / "gpg-agent.conf").write_text(
             "s2k-count 65536\ndefault-cache-ttl 0\nmax-cache-ttl 0\n", encoding="ascii"
@@ -113,7 +113,7 @@ class GpgEncryptor:
             if self._gpgconf is not None:
                 subprocess.run(
                     [self._gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
-                    env=_env(home),
+                    env=gpg_env(home),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -140,7 +140,7 @@ class GpgEncryptor:
             [*self._base_args(home), "--status-fd", "1", "--import"],
             input=armored.encode("utf-8"),
             capture_output=True,
-            env=_env(home),
+            env=gpg_env(home),
             check=False,
         )
         return [line for line in parse_status(proc.stdout) if line.keyword == "IMPORT_OK"]
@@ -222,7 +222,7 @@ class GpgEncryptor:
                 input=plaintext,
                 capture_output=True,
                 pass_fds=pass_fds,
-                env=_env(home),
+                env=gpg_env(home),
                 check=False,
             )
         finally:

@@ -249,6 +249,7 @@ def process_file(
         if manifest is not None:
             stage = "contract"
             check_manifest(manifest, name=remote.name, sha256=fetched.sha256)
+            stage = "fetch"
         crash_point("after_download")
         run.store.advance_file(claim.file_id, FileState.FETCHED, sha256=fetched.sha256)
         crash_point("after_fetch_ledger")

@@ -69,7 +69,7 @@ class GnuPGDecryptor:
         if not keys.partner_public_keys:
             raise ConfigError("no partner public key is configured")
         self._gpg = resolved
-        self._gpgconf = _gpgconf_for(resolved)
+        self._gpgconf = gpgconf_for(resolved)
         self._keys = keys
         self._limits = limits
 
@@ -101,7 +101,7 @@ class GnuPGDecryptor:
     def _temporary_home(self) -> Iterator[Path]:
         # mkdtemp creates the folder with mode 0700, as gpg wants for a home. A RAM-backed
         # folder, where there is one, keeps even the (passphrase-protected) key off disk.
-        home = Path(tempfile.mkdtemp(prefix="bbgpg-", dir=_ram_tmp_dir()))
+        home = Path(tempfile.mkdtemp(prefix="bbgpg-", dir=ram_tmp_dir()))
         # gpg-agent re-protects an imported key with a hash count calibrated to ~100 ms of
         # CPU, paid again on every use: 1-2 s per call on a busy 2-core box. This copy lives
         # for one call in a private folder next to a process that holds the passphrase
@@ -117,7 +117,7 @@ class GnuPGDecryptor:
             if self._gpgconf is not None:
                 subprocess.run(
                     [self._gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
-                    env=_env(home),
+                    env=gpg_env(home),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -147,7 +147,7 @@ class GnuPGDecryptor:
             [*self._base_args(home), "--status-fd", "1", "--import"],
             input=armored.encode("utf-8"),
             capture_output=True,
-            env=_env(home),
+            env=gpg_env(home),
             check=False,
         )
         return parse_status(proc.stdout)
@@ -220,7 +220,7 @@ class GnuPGDecryptor:
                     # gpg's human messages can echo the literal packet's file name: dropped.
                     stderr=subprocess.DEVNULL,
                     pass_fds=pass_fds,
-                    env=_env(home),
+                    env=gpg_env(home),
                     bufsize=0,
                 )
         except BaseException:
@@ -284,13 +284,14 @@ def _drain(fd: int, sink: list[bytes]) -> None:
             sink.append(chunk)
 
 
-def _ram_tmp_dir() -> str | None:
+def ram_tmp_dir() -> str | None:
     """The RAM-backed shared-memory folder when usable (Linux), else the default temp folder."""
     shm = "/dev/shm"  # noqa: S108 - a private mkdtemp folder inside it, mode 0700
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
 
 
-def _env(home: Path) -> dict[str, str]:
+def gpg_env(home: Path) -> dict[str, str]:
+    """The environment for a gpg child using `home`, without the caller's GPG_* settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("GPG_")}
     env["GNUPGHOME"] = str(home)
     # Status lines are language-independent, but keep gpg's own output predictable.
@@ -298,7 +299,7 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _gpgconf_for(gpg_path: str) -> str | None:
+def gpgconf_for(gpg_path: str) -> str | None:
     """gpgconf from the same installation as gpg (used to stop the per-call agent)."""
     sibling = Path(gpg_path).with_name("gpgconf")
     if sibling.exists():
