@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
 def _scale_out(workdir: Path) -> int:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from batchbridge.flows.deploy import WORK_POOL, deploy_command
+    from batchbridge.cli.deploy import deploy_command
+    from batchbridge.flows.deploy import WORK_POOL
     from batchbridge.ledger.store import LedgerStore
     from batchbridge.testing.postgres import start_postgres
     from batchbridge.testing.prefect_server import start_prefect_server
@@ -477,7 +478,7 @@ def _scale_out(workdir: Path) -> int:
         deploy_command(
             check=False,
             apply=True,
-            feeds_dir=config_dir,
+            config_dir=config_dir,
             prefect_file=workdir / "prefect.yaml",
             project_root=REPO_ROOT,
         )

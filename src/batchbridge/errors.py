@@ -32,7 +32,11 @@ never patient values: they end up in logs, Prefect states and alerts.
     │   ├── RowStateError                     the row is released or discarded already
     │   └── ImportRejectedError               an import file is refused whole
     ├── AuditChainError              exit 11  the audit log's hash chain is broken
-    └── AlertDeliveryError           exit 12  an alert could not be delivered to its webhook
+    ├── AlertDeliveryError           exit 12  an alert could not be delivered to its webhook
+    └── OrchestratorError            exit 13  the Prefect API could not be started or reached
+
+A wrong command line (unknown option, bad choice) also exits 2, like a wrong setting;
+an error nobody foresaw (a bug) exits 1 and prints its class name only.
 """
 
 from __future__ import annotations
@@ -241,3 +245,14 @@ class AlertDeliveryError(BatchbridgeError):
 
     exit_code = 12
     reason = "alert_undelivered"
+
+
+class OrchestratorError(BatchbridgeError):
+    """Raised when the Prefect API a command needs cannot be started or reached.
+
+    The message says which API (temporary, local server, configured URL), what failed
+    and where its log is; nothing of the run has started yet.
+    """
+
+    exit_code = 13
+    reason = "prefect_unavailable"

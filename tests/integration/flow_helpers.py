@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 
 from batchbridge.flows.nightly import nightly_feed
+from batchbridge.ledger.run_report import RunReport
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import load_settings
-from batchbridge.tasks.report import RunReport
 from batchbridge.testing.scenario import LabFeedScenario
 
 

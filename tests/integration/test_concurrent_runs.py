@@ -35,7 +35,7 @@ def test_simultaneous_runs_process_each_file_once(
     command = [
         sys.executable,
         "-m",
-        "batchbridge.flows.cli",
+        "batchbridge.cli",
         "run",
         scenario.feed,
         "--config-dir",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
-from batchbridge.flows.cli import main
+from batchbridge.cli.app import main
 from batchbridge.tasks.health_checks import run_feed_checks
 from batchbridge.testing.scenario import LabFeedScenario
 from batchbridge.testing.sshd import SshdServer

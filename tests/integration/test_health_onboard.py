@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from batchbridge.config import load_feed
-from batchbridge.flows.cli import main
+from batchbridge.cli.app import main
 from batchbridge.flows.health import health_check
 from batchbridge.tasks.health_checks import run_feed_checks
 from batchbridge.testing.lab_data import generate_lab_rows

@@ -16,7 +16,7 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, T
 from pydantic import BaseModel
 
 from batchbridge.connectors.secrets import resolve_secret
-from batchbridge.flows.commands import run_command
+from batchbridge.cli.app import main
 from batchbridge.ledger.crypto import EncryptedRow, RowCipher, row_associated_data
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
@@ -89,11 +89,9 @@ def test_canary_patients_never_leak(
     ragged = lines[0] + f"R9,{CANARIES[0]},{CANARIES[1]}\n".encode() + b"".join(lines[1:])
     scenario.drop_file(lab_file_name(FILE_DATE, seq=2), ragged)
 
-    exit_code = run_command(
-        scenario.feed, config_dir=scenario.config_dir, files=None, force=False, as_json=False
-    )
-    json_code = run_command(
-        scenario.feed, config_dir=scenario.config_dir, files=None, force=True, as_json=True
+    exit_code = main(["run", scenario.feed, "--config-dir", str(scenario.config_dir)])
+    json_code = main(
+        ["run", scenario.feed, "--config-dir", str(scenario.config_dir), "--force", "--json"]
     )
     assert exit_code == json_code == 9  # the ragged file fails; the good one reconciles
     time.sleep(2)  # Prefect ships logs in batches: let the last batch land

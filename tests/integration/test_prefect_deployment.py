@@ -19,11 +19,11 @@ from batchbridge.flows.deploy import (
     CHECKOUT_ENV,
     PULL_STEP,
     WORK_POOL,
-    deploy_command,
     tenant_queue,
 )
+from batchbridge.cli.deploy import deploy_command
+from batchbridge.ledger.run_report import RunReport
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.tasks.report import RunReport
 from batchbridge.testing.keys import write_secret_file
 from batchbridge.testing.lab_data import expected_quarantined, generate_lab_rows
 from batchbridge.testing.prefect_server import PrefectServer, start_prefect_server
@@ -131,7 +131,7 @@ def test_deployed_feed_retried_from_the_ui_and_rerun_changes_nothing(
             deploy_command(
                 check=False,
                 apply=True,
-                feeds_dir=scenario.config_dir,
+                config_dir=scenario.config_dir,
                 prefect_file=tmp_path / "prefect.yaml",
                 project_root=REPO_ROOT,
             )

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from batchbridge.cli.app import main
 from sqlalchemy import select
 
 from batchbridge.errors import AccessDeniedError, QuarantineRowNotFoundError
-from batchbridge.flows.cli import main
-from batchbridge.flows.steward import StewardService
 from batchbridge.ledger.audit import verify_chain
 from batchbridge.ledger.crypto import QuarantineDecryptError
 from batchbridge.ledger.models import AuditEvent, QuarantinedRow
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import load_settings
+from batchbridge.steward.release import release_rows
+from batchbridge.steward.service import StewardService
 from batchbridge.testing.lab_data import generate_lab_rows
 from batchbridge.testing.postgres import PostgresServer
 from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
@@ -94,7 +95,7 @@ def test_whole_steward_loop(
 
     # Fix, then release: the row reaches the warehouse with its file lineage.
     service.fix(name_row, {"patient_last_name": "Fixedname"}, why="surname from the clinic")
-    first = service.release(ids=[name_row])
+    first = release_rows(service, ids=[name_row])
     assert first.released == 1
     after = target_rows(postgres_url)
     assert len(after) == before_release + 1
@@ -102,7 +103,7 @@ def test_whole_steward_loop(
     assert new_rows
 
     # Releasing again loads nothing more.
-    again = service.release(ids=[name_row])
+    again = release_rows(service, ids=[name_row])
     assert again.released == 0
     assert len(target_rows(postgres_url)) == before_release + 1
 
@@ -110,7 +111,7 @@ def test_whole_steward_loop(
     mapping = scenario.root / "mappings" / "acme_lab_loinc.csv"
     with mapping.open("a", encoding="utf-8") as handle:
         handle.write("ZZ-NOT-IN-MAP,2345-7,Glucose [Mass/volume] in Serum or Plasma,false\n")
-    bulk = service.release(feed="lab_results", reason="unmapped_code")
+    bulk = release_rows(service, feed="lab_results", reason="unmapped_code")
     assert bulk.released == 3
 
     # Export, edit offline, import, release.
@@ -126,7 +127,7 @@ def test_whole_steward_loop(
         writer.writerows(exported)
     assert service.import_rows(export, why="NPI correction batch") == 1
     export.unlink()
-    assert service.release(ids=[npi_row]).released == 1
+    assert release_rows(service, ids=[npi_row]).released == 1
 
     # Counts balance: read = first run + after fix + still quarantined + discarded.
     balance = service.file_balance(file_id)
@@ -160,7 +161,7 @@ def test_cross_tenant_access_is_refused_and_audited(
     for attempt in (
         lambda: eve.reveal(row_id, why="curious"),
         lambda: eve.fix(row_id, {"patient_last_name": "x"}),
-        lambda: eve.release(ids=[row_id]),
+        lambda: release_rows(eve, ids=[row_id]),
     ):
         with pytest.raises((AccessDeniedError, QuarantineRowNotFoundError)):
             attempt()

@@ -324,7 +324,7 @@ class Cycle:
         self, args: list[str], *, crash_at: str | None = None, trace: Path | None = None
     ) -> CliRun:
         """Run `batchbridge ARGS` in a subprocess and keep what it printed."""
-        command = [sys.executable, "-m", "batchbridge.flows.cli", *args]
+        command = [sys.executable, "-m", "batchbridge.cli", *args]
         started = time.perf_counter()
         proc = subprocess.run(
             command,

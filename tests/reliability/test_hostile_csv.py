@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from batchbridge.config import FormatConfig
 from batchbridge.errors import BatchbridgeError, FileRejectedError
-from batchbridge.tasks.steward_csv import FORMULA_STARTS, neutralise, unneutralise
+from batchbridge.steward.csv_files import FORMULA_STARTS, neutralise, unneutralise
 from batchbridge.tasks.validate import ValidatedFile, parse_and_validate
 from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
 from batchbridge.validations.base import ROW_COLUMN, ValidationContext

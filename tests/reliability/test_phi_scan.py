@@ -17,9 +17,10 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, T
 from pydantic import BaseModel
 from sqlalchemy import MetaData, select
 
-from batchbridge.flows.steward import StewardService
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import load_settings
+from batchbridge.steward.release import release_rows
+from batchbridge.steward.service import StewardService
 from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
 from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
 from batchbridge.testing.webhook import WebhookReceiver
@@ -127,7 +128,7 @@ def test_no_canary_anywhere_but_ciphertext(
     assert listed
     steward.reveal(listed[0].id, why="ticket 81: check the row")
     steward.fix(listed[0].id, {"patient_last_name": CANARIES[1]}, why="ticket 81")
-    steward.release(ids=[listed[0].id])
+    release_rows(steward, ids=[listed[0].id])
     steward.store.engine.dispose()
     time.sleep(2)  # Prefect ships logs in batches
 

@@ -10,20 +10,21 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from batchbridge.cli.app import main
 from pydantic import SecretStr
 
 from batchbridge.config import AlertsConfig, ArrivalWindow, FeedConfig, LoadedFeed, load_feed
 from batchbridge.connectors.alerts import WebhookClient, check_webhook_url, parse_retry_after
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.errors import AlertDeliveryError, ConfigError
-from batchbridge.flows.arrivals import (
+from batchbridge.ledger.run_report import FileReport, RunReport
+from batchbridge.monitoring.arrival_rules import (
     SeenFile,
     count_arrivals,
     is_late,
     local_midnight,
     parse_now,
 )
-from batchbridge.flows.cli import build_parser, main
 from batchbridge.tasks import alerts as alerts_module
 from batchbridge.tasks.alerts import (
     MAX_WEBHOOK_MESSAGES,
@@ -39,7 +40,6 @@ from batchbridge.tasks.alerts import (
     render_alert,
     webhook_payload,
 )
-from batchbridge.tasks.report import FileReport, RunReport
 from batchbridge.testing.webhook import WebhookReceiver
 
 FEEDS_DIR = Path(__file__).resolve().parents[2] / "deployments" / "feeds"
@@ -508,15 +508,13 @@ def test_alerting_never_raises_into_the_run(monkeypatch: pytest.MonkeyPatch) -> 
 # -- command line ----------------------------------------------------------------------
 
 
-def test_cli_parses_the_alert_commands() -> None:
-    args = build_parser().parse_args(
-        ["alerts", "check-arrivals", "lab_results", "--now", "2026-11-20T07:35:00+00:00"]
-    )
-    assert (args.command, args.alerts_command, args.now) == (
-        "alerts",
-        "check-arrivals",
-        "2026-11-20T07:35:00+00:00",
-    )
+def test_cli_refuses_a_bad_now_before_any_server_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["alerts", "check-arrivals", "lab_results", "--now", "garbage"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error [usage]:") and "ISO 8601" in err
 
 
 def test_cli_test_alert_reaches_the_feeds_webhook(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchbridge.flows.cli import main
+from batchbridge.cli.app import main
 
 FEEDS_DIR = Path(__file__).resolve().parents[2] / "deployments" / "feeds"
 

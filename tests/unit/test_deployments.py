@@ -139,7 +139,7 @@ def test_a_per_feed_flow_is_one_table_row() -> None:
 def test_cli_check_exits_2_while_the_file_is_stale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from batchbridge.flows.cli import main
+    from batchbridge.cli.app import main
 
     monkeypatch.chdir(ROOT)
     assert main(["deploy", "--check"]) == 0

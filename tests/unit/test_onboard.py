@@ -15,16 +15,11 @@ import pytest
 from batchbridge.config import load_feed
 from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
 from batchbridge.errors import ConfigError, HostKeyError
-from batchbridge.flows.cli import main
-from batchbridge.flows.onboard import (
-    HOST_KEY_FAMILIES,
-    deploy_command,
-    host_key_command,
-    key_line,
-    offered_host_keys,
-)
-from batchbridge.flows.onboard_yaml import replace_host_keys
-from batchbridge.tasks.dry_run import display_code, mapping_coverage
+from batchbridge.cli.app import main
+from batchbridge.cli.onboard import deploy_command, host_key_command
+from batchbridge.onboarding.dry_run import display_code, mapping_coverage
+from batchbridge.onboarding.feed_yaml import replace_host_keys
+from batchbridge.onboarding.host_keys import HOST_KEY_FAMILIES, key_line, offered_host_keys
 from batchbridge.tasks.health_checks import UNPINNED_HOST_KEY
 from batchbridge.testing.keys import generate_ed25519
 from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
@@ -305,4 +300,4 @@ def test_deploy_prints_the_steps_and_apply_gates_on_the_checks(
     )
     assert code == 0
     (argv,) = ran
-    assert argv[2:5] == ["batchbridge.flows.cli", "deploy", "--apply"]
+    assert argv[2:5] == ["batchbridge.cli", "deploy", "--apply"]

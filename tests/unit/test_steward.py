@@ -21,8 +21,6 @@ from batchbridge.errors import (
     RowStateError,
     StewardError,
 )
-from batchbridge.flows.steward import StewardService, mask
-from batchbridge.flows.steward_release import FeedRelease
 from batchbridge.ledger.audit import verify_chain
 from batchbridge.ledger.crypto import QuarantineDecryptError
 from batchbridge.ledger.models import (
@@ -34,8 +32,10 @@ from batchbridge.ledger.models import (
     Run,
 )
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.tasks.release import RELEASE_REPORT_KIND
-from batchbridge.tasks.steward_csv import neutralise, unneutralise
+from batchbridge.steward.csv_files import neutralise, unneutralise
+from batchbridge.steward.release import FeedRelease, release_rows
+from batchbridge.steward.release_report import RELEASE_REPORT_KIND
+from batchbridge.steward.service import StewardService, mask
 from batchbridge.testing.lab_data import generate_lab_rows
 from batchbridge.testing.steward import LocalLabFeed, build_local_lab_feed
 
@@ -202,7 +202,7 @@ def test_release_loads_fixed_row_with_lineage_once(
     assert record_id not in before
 
     dana.fix(row_id, {"patient_last_name": FIXED_NAME})
-    first = dana.release(ids=[row_id])
+    first = release_rows(dana, ids=[row_id])
     assert (first.released, first.still_quarantined, first.errors) == (1, 0, [])
 
     after = _warehouse(lab)
@@ -219,7 +219,7 @@ def test_release_loads_fixed_row_with_lineage_once(
     assert run.report is not None and run.report["kind"] == RELEASE_REPORT_KIND
     assert "patient_last_name" not in loaded  # data minimization holds for released rows too
 
-    again = dana.release(ids=[row_id])
+    again = release_rows(dana, ids=[row_id])
     assert again.released == 0 and again.skipped == {row_id: "released already"}
     assert _warehouse(lab) == after
 
@@ -233,7 +233,7 @@ def test_still_invalid_rows_keep_quarantine_with_new_reasons(
 ) -> None:
     row_id = _one(dana, "patient_last_name:required")
     dana.fix(row_id, {"patient_last_name": FIXED_NAME, "patient_sex": "X"})
-    released = dana.release(ids=[row_id])
+    released = release_rows(dana, ids=[row_id])
     assert released.released == 0 and released.still_quarantined == 1
     assert released.files[0].new_reasons == {"patient_sex:one_of": 1}
     with store.session() as s:
@@ -246,11 +246,11 @@ def test_bulk_release_by_rule_after_a_mapping_update(
     dana: StewardService, lab: LocalLabFeed, file_id: str
 ) -> None:
     before = len(_warehouse(lab))
-    early = dana.release(feed="lab_results", reason="unmapped_code")
+    early = release_rows(dana, feed="lab_results", reason="unmapped_code")
     assert (early.selected, early.released, early.still_quarantined) == (3, 0, 3)
 
     lab.add_mapping("ZZ-NOT-IN-MAP", "2345-7", "Glucose [Mass/volume] in Serum or Plasma", False)
-    bulk = dana.release(feed="lab_results", reason="local_test_code:unmapped_code")
+    bulk = release_rows(dana, feed="lab_results", reason="local_test_code:unmapped_code")
     assert (bulk.selected, bulk.released, bulk.still_quarantined) == (3, 3, 0)
     assert len(_warehouse(lab)) == before + 3
     assert dana.list_rows(reason="unmapped_code") == []
@@ -267,12 +267,12 @@ def test_crash_between_target_commit_and_ledger_update_is_safe(
 
     with monkeypatch.context() as patched:
         patched.setattr(FeedRelease, "_settle", crash)
-        crashed = dana.release(feed="lab_results", reason="unmapped_code")
+        crashed = release_rows(dana, feed="lab_results", reason="unmapped_code")
     assert crashed.released == 0 and crashed.errors
     loaded = _warehouse(lab)
     assert len(dana.list_rows(reason="unmapped_code")) == 3  # still quarantined
 
-    retried = dana.release(feed="lab_results", reason="unmapped_code")
+    retried = release_rows(dana, feed="lab_results", reason="unmapped_code")
     assert retried.released == 3
     assert retried.files[0].targets["warehouse"].unchanged == 3  # upserts: nothing doubled
     assert _warehouse(lab).keys() == loaded.keys()
@@ -315,7 +315,7 @@ def test_export_import_round_trip_neutralises_formulas(
     assert "export" in actions and "import" in actions
     export_event = next(e for e in _audit(store) if e.action == "export")
     assert sorted(export_event.object_ids) == sorted([str(npi_row), str(name_row)])
-    assert dana.release(ids=[npi_row]).released == 1
+    assert release_rows(dana, ids=[npi_row]).released == 1
 
 
 def test_mask_shows_first_character_and_length_only() -> None:
@@ -406,7 +406,7 @@ def test_discard_is_terminal_and_counted(
         dana.fix(row_id, {"ordering_provider_npi": "1234567893"})
     with pytest.raises(RowStateError):
         dana.discard(row_id, reason="again")
-    assert dana.release(ids=[row_id]).skipped == {row_id: "discarded already"}
+    assert release_rows(dana, ids=[row_id]).skipped == {row_id: "discarded already"}
     balance = dana.file_balance(file_id)
     assert balance.discarded == 1 and balance.still_quarantined == 4 and balance.balanced
     event = _audit(store)[-1]
@@ -427,7 +427,7 @@ def test_other_tenants_rows_are_refused_and_audited(
         "show": lambda: eve.show(acme_row),
         "reveal": lambda: eve.reveal(acme_row, why="curious"),
         "fix": lambda: eve.fix(acme_row, {"patient_last_name": "x"}),
-        "release": lambda: eve.release(ids=[acme_row]),
+        "release": lambda: release_rows(eve, ids=[acme_row]),
         "discard": lambda: eve.discard(acme_row, reason="x"),
         "export": lambda: eve.export_rows(tmp_path / "x.csv", ids=[acme_row], why="x"),
     }
@@ -440,7 +440,7 @@ def test_other_tenants_rows_are_refused_and_audited(
     with pytest.raises(AccessDeniedError, match="has no steward role for tenant acme_lab"):
         eve.list_rows(tenant="acme_lab")
     with pytest.raises(AccessDeniedError, match="has no steward role for tenant acme_lab"):
-        eve.release(feed="lab_results")
+        release_rows(eve, feed="lab_results")
     with pytest.raises(AccessDeniedError):
         eve.rotate_keys("lab_results")
     with pytest.raises(StewardError, match="no file"):
@@ -519,7 +519,7 @@ def test_audit_log_holds_no_patient_values(
     dana.fix(row_id, {"patient_last_name": FIXED_NAME}, why="from the clinic")
     dana.export_rows(tmp_path / "e.csv", feed="lab_results", why="batch")
     lab.add_mapping("ZZ-NOT-IN-MAP", "2345-7", "Glucose", False)
-    dana.release(feed="lab_results")
+    release_rows(dana, feed="lab_results")
     events = _audit(store)
     assert len(events) >= 8
     _assert_no_canary(repr([vars(e) for e in events]))

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from batchbridge.errors import AccessDeniedError, AuditChainError, StewardError
-from batchbridge.flows.cli import main
+from batchbridge.cli.app import main
 from batchbridge.ledger.audit import event_hash
 from batchbridge.ledger.models import AuditEvent
 from batchbridge.ledger.store import LedgerStore
@@ -96,7 +96,7 @@ def test_reveal_needs_a_reason_and_fix_release_report_balance(
     assert _cli(lab, "quarantine", "fix", row_id, "--set", "patient_lastname=x") == 10
     assert "unknown column" in capsys.readouterr().err
     assert _cli(lab, "quarantine", "fix", row_id, "--set", "patient_last_name=Fixed") == 0
-    assert _cli(lab, "quarantine", "release", "--id", row_id) == 0
+    assert _cli(lab, "quarantine", "release", row_id) == 0
     out = capsys.readouterr().out
     assert "released     1" in out and "file balanced yes" in out
 
@@ -128,8 +128,8 @@ def test_export_import_discard_and_bulk_release(
     lab: LocalLabFeed, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     export = tmp_path / "fix.csv"
-    with pytest.raises(SystemExit, match="2"):  # --why is required
-        _cli(lab, "quarantine", "export", str(export), "--feed", "lab_results")
+    # --why is required: a usage error, one line, before anything is read
+    assert _cli(lab, "quarantine", "export", str(export), "--feed", "lab_results") == 2
     capsys.readouterr()
     assert (
         _cli(lab, "quarantine", "export", str(export), "--feed", "lab_results", "--why", "batch")
@@ -149,10 +149,9 @@ def test_export_import_discard_and_bulk_release(
     assert "1 row(s) changed" in capsys.readouterr().out
 
     (unmapped, _) = _listed(lab, capsys, "--reason", "unmapped_code")
-    with pytest.raises(SystemExit, match="2"):  # --reason is required
-        _cli(lab, "quarantine", "discard", str(unmapped["id"]))
+    assert _cli(lab, "quarantine", "discard", str(unmapped["id"])) == 2  # --why is required
     capsys.readouterr()
-    assert _cli(lab, "quarantine", "discard", str(unmapped["id"]), "--reason", "test order") == 0
+    assert _cli(lab, "quarantine", "discard", str(unmapped["id"]), "--why", "test order") == 0
     assert "discarded" in capsys.readouterr().out
     lab.add_mapping("ZZ-NOT-IN-MAP", "2345-7", "Glucose", False)
     assert _cli(lab, "quarantine", "release", "--feed", "lab_results", "--json") == 0

@@ -21,14 +21,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
-from pathlib import Path
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from sqlalchemy import or_, select
 
-from batchbridge.config import ALL_WEEKDAYS, ArrivalWindow, LoadedFeed, load_feed
+from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.decryptors.keys import key_expiries
 from batchbridge.connectors.decryptors.registry import decryptor_keys
 from batchbridge.connectors.sources.base import RemoteFile
@@ -36,87 +34,25 @@ from batchbridge.connectors.sources.registry import open_source
 from batchbridge.errors import BatchbridgeError, ConfigError
 from batchbridge.ledger.models import LedgerFile
 from batchbridge.ledger.store import LedgerStore
+from batchbridge.monitoring.arrival_rules import (
+    SeenFile,
+    count_arrivals,
+    is_late,
+    local_deadline,
+    local_midnight,
+    parse_now,
+)
 from batchbridge.settings import Settings, load_settings
 from batchbridge.tasks.alerts import (
     Alert,
-    AlertKind,
     KeyExpiry,
     key_expiry_alerts,
     late_file_alert,
-    open_webhook,
-    probe_alert,
-    render_alert,
     send_alerts,
-    webhook_payload,
 )
 from batchbridge.tasks.discover import list_ready_files
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SeenFile:
-    """A file the ledger knows for the feed, and when a run first saw it (UTC)."""
-
-    name: str
-    size: int
-    first_seen_at: datetime
-
-
-def local_deadline(window: ArrivalWindow, tz: str, now: datetime) -> datetime | None:
-    """The deadline of `now`'s local day in `tz`, or None when that day expects no file.
-
-    A deadline that does not exist on a spring-forward day (02:30 in a gap) falls an
-    hour later by the clock; one that occurs twice on a fall-back day is the first.
-    """
-    zone = ZoneInfo(tz)
-    local = now.astimezone(zone)
-    if ALL_WEEKDAYS[local.weekday()] not in window.days:
-        return None
-    hour, minute = (int(part) for part in window.expected_by.split(":"))
-    return datetime.combine(local.date(), time(hour, minute), tzinfo=zone)
-
-
-def local_midnight(tz: str, now: datetime) -> datetime:
-    """The start of `now`'s local day in `tz`, as an aware UTC time."""
-    zone = ZoneInfo(tz)
-    local = now.astimezone(zone)
-    return datetime.combine(local.date(), time(0, 0), tzinfo=zone).astimezone(UTC)
-
-
-def is_late(window: ArrivalWindow, tz: str, now: datetime, files_seen_today: int) -> bool:
-    """Whether the partner missed today's window: an expected day, past the deadline, no file."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    deadline = local_deadline(window, tz, now)
-    if deadline is None:
-        return False
-    # Compared in UTC: two datetimes sharing one ZoneInfo compare by wall clock, which
-    # gets the repeated hour of a fall-back night wrong.
-    if now.astimezone(UTC) < deadline.astimezone(UTC):
-        return False
-    return files_seen_today == 0
-
-
-def count_arrivals(listed: Sequence[RemoteFile], seen: Sequence[SeenFile], since: datetime) -> int:
-    """Files that count as today's delivery (see the module docstring for why these)."""
-    known_before = {(f.name, f.size) for f in seen if f.first_seen_at < since}
-    arrived = {(r.name, r.size) for r in listed if (r.name, r.size) not in known_before}
-    arrived |= {(f.name, f.size) for f in seen if f.first_seen_at >= since}
-    return len(arrived)
-
-
-def parse_now(now: str | None) -> datetime:
-    """`now` as an aware UTC time: the given ISO time (tests, backfills) or the clock."""
-    if now is None:
-        return datetime.now(UTC)
-    try:
-        moment = datetime.fromisoformat(now)
-    except ValueError:
-        raise ConfigError(f"now={now!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise ConfigError(f"now={now!r} needs a UTC offset (e.g. 2026-11-20T08:00:00-06:00)")
-    return moment.astimezone(UTC)
 
 
 def ledger_files(
@@ -266,43 +202,3 @@ def check_arrivals(
         "kinds": sorted({str(a.kind) for a in alerts}),
         **summary.counts(),
     }
-
-
-def check_arrivals_command(
-    feed: str, *, config_dir: Path | None, now: str | None, as_json: bool
-) -> int:
-    """`batchbridge alerts check-arrivals FEED`: run the check flow once, print its outcome."""
-    from batchbridge.flows.cli import print_json
-
-    settings = load_settings(config_dir)
-    load_feed(feed, settings.config_dir)  # a broken YAML fails here, before Prefect starts
-    result = check_arrivals(feed=feed, config_dir=str(settings.config_dir), now=now)
-    if as_json:
-        print_json(result)
-    else:
-        late = "LATE" if result["late"] else "on time or not due yet"
-        kinds = result["kinds"]
-        shown = ", ".join(str(k) for k in kinds) if isinstance(kinds, list) and kinds else "none"
-        print(
-            f"feed {feed}: file {late}; files seen {result['files_seen']}; "
-            f"alerts {result['alerts']} ({shown}), undelivered {result['alerts_undelivered']}"
-        )
-    return 0
-
-
-def send_probe_command(feed: str, *, config_dir: Path | None) -> int:
-    """`batchbridge alerts test FEED`: post a test message to the feed's webhook."""
-    settings = load_settings(config_dir)
-    loaded = load_feed(feed, settings.config_dir)
-    alert = probe_alert(loaded.config)
-    sender = open_webhook(loaded)
-    if sender is None:
-        print(f"feed {feed} has no alerts.webhook: alerts are only logged")
-        print(render_alert(alert))
-        return ConfigError.exit_code
-    try:
-        status = sender.post(webhook_payload(alert))
-    finally:
-        sender.close()
-    print(f"feed {feed}: test alert delivered ({AlertKind.TEST}, HTTP {status})")
-    return 0

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +159,19 @@ def arrival_check_schedules(config: FeedConfig) -> list[dict[str, Any]]:
     return [{"cron": f"{minute} {hour} * * *", "timezone": config.timezone, "active": True}]
 
 
-def _health_schedules(config: FeedConfig) -> list[dict[str, Any]]:
-    from batchbridge.flows.health import health_schedules
+HEALTH_CRON = "0 16 * * *"
+"""Default daily time of a feed's health check, in the feed's zone: working hours, well
+before a nightly run, so whoever is paged can still fix a key or a password in daylight."""
 
-    return health_schedules(config)
+
+def _health_schedules(config: FeedConfig) -> list[dict[str, Any]]:
+    """The health check's daily schedule for a feed: HEALTH_CRON in the feed's zone.
+
+    For `batchbridge deploy`'s per-feed table (deployment `<feed>-health`, not bound to
+    the tenant's work queue: a seconds-long check must not wait behind a nightly run).
+    """
+    timezone = config.schedule.timezone if config.schedule else config.timezone
+    return [{"cron": HEALTH_CRON, "timezone": timezone, "active": True}]
 
 
 def _every_feed(config: FeedConfig) -> bool:
@@ -317,9 +327,7 @@ def _indent(text: str, indent: str = "  ") -> str:
 
 def _prefect_minor() -> str:
     # major.minor only: a patch upgrade of Prefect must not make the file stale.
-    from prefect import __version__
-
-    return ".".join(__version__.split(".")[:2])
+    return ".".join(version("prefect").split(".")[:2])
 
 
 def build_plan(
@@ -467,38 +475,3 @@ def run_prefect_deploy(prefect_file: Path, *, project_root: Path) -> None:
             f"prefect deploy failed (exit {result.returncode}):\n" + "\n".join(output[-30:]),
             reason="deploy_failed",
         )
-
-
-def deploy_command(
-    *,
-    check: bool,
-    apply: bool,
-    feeds_dir: Path | None = None,
-    prefect_file: Path | None = None,
-    project_root: Path | None = None,
-) -> int:
-    """`batchbridge deploy [--check] [--apply]` from the project root."""
-    root = (project_root or Path.cwd()).resolve()
-    feeds = feeds_dir or root / FEEDS_DIR
-    target = prefect_file or root / PREFECT_FILE
-    plan = build_plan(feeds)
-    if check:
-        check_prefect_file(plan, target)
-        print(f"{target} is up to date ({len(plan.deployment_names)} deployments)")
-    else:
-        changed = write_prefect_file(plan, target)
-        print(
-            f"{target} {'written' if changed else 'unchanged'}: {', '.join(plan.deployment_names)}"
-        )
-    if apply:
-        if not (root / "src" / "batchbridge").is_dir():
-            raise ConfigError(
-                f"{root} is not a batchbridge checkout: run `batchbridge deploy --apply` "
-                "from the repository root (deployment entrypoints are paths in it)"
-            )
-        ensure_tenant_limits(plan.tenant_queues)
-        for queue, limit in sorted(plan.tenant_queues.items()):
-            print(f"tenant limit {queue}: {limit} (work queue in {WORK_POOL} + global limit)")
-        run_prefect_deploy(target, project_root=root)
-        print(f"deployed {len(plan.deployment_names)} deployments to work pool {WORK_POOL}")
-    return 0

@@ -9,15 +9,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from batchbridge.config import FeedConfig
 from batchbridge.errors import BatchbridgeError
 from batchbridge.settings import load_settings
 from batchbridge.tasks.health_checks import FeedHealth, run_feed_checks
 from batchbridge.tasks.health_report import STATUS_WORD, health_artifact_key, render_health_markdown
-
-HEALTH_CRON = "0 16 * * *"
-"""Default daily time of a feed's health check, in the feed's zone: working hours, well
-before a nightly run, so whoever is paged can still fix a key or a password in daylight."""
 
 
 @task(name="health-checks", cache_policy=NONE, persist_result=False, retries=0)
@@ -60,13 +55,3 @@ def health_check(feed: str, config_dir: str | None = None) -> dict[str, Any]:
             reason="health_check_failed",
         )
     return health.to_dict()
-
-
-def health_schedules(config: FeedConfig) -> list[dict[str, Any]]:
-    """The health check's daily schedule for a feed: HEALTH_CRON in the feed's zone.
-
-    For `batchbridge deploy`'s per-feed table (deployment `<feed>-health`, not bound to
-    the tenant's work queue: a seconds-long check must not wait behind a nightly run).
-    """
-    timezone = config.schedule.timezone if config.schedule else config.timezone
-    return [{"cron": HEALTH_CRON, "timezone": timezone, "active": True}]

@@ -25,11 +25,12 @@ from batchbridge.connectors.sources.staging import prepare_staging_dir
 from batchbridge.connectors.targets.base import Target
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.crashpoints import crash_point
-from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
+from batchbridge.errors import BatchbridgeError, RunFailedError
 from batchbridge.flows.deploy import tenant_slot
 from batchbridge.ledger.crypto import RowCipher
 from batchbridge.ledger.locks import feed_lock
 from batchbridge.ledger.models import FileState, RunStatus
+from batchbridge.ledger.run_report import FileReport, RunReport
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings, load_settings
 from batchbridge.tasks.alerts import alert_on_run
@@ -46,11 +47,11 @@ from batchbridge.tasks.fetch import fetch_file
 from batchbridge.tasks.load import TargetLoad, load_into_targets, load_target
 from batchbridge.tasks.quarantine import count_reasons, encrypt_quarantined_rows
 from batchbridge.tasks.reconcile import reconcile_file
-from batchbridge.tasks.report import FileReport, RunReport, publish_report_artifact
+from batchbridge.tasks.report import publish_report_artifact
 from batchbridge.tasks.transform import transform_rows
 from batchbridge.tasks.validate import file_date_from_name, validate_file
 from batchbridge.validations.base import FeedSchema, TransformContext, ValidationContext
-from batchbridge.validations.mapping import load_mapping
+from batchbridge.validations.mapping import load_feed_mappings
 from batchbridge.validations.registry import get_schema
 
 logger = logging.getLogger(__name__)
@@ -95,19 +96,6 @@ class FeedRun:
             (target, list(config.columns))
             for target, config in zip(self.targets, self.loaded.config.targets, strict=True)
         ]
-
-
-def load_feed_mappings(loaded: LoadedFeed, schema: FeedSchema) -> dict[str, pl.DataFrame]:
-    """Every mapping table the schema needs, read from the paths the feed YAML gives."""
-    missing = [m for m in schema.required_mappings if m not in loaded.config.mappings]
-    if missing:
-        raise ConfigError(
-            f"feed {loaded.config.feed}: schema {schema.name} needs mappings {', '.join(missing)}"
-        )
-    return {
-        name: load_mapping(loaded.resolve_path(path), schema.mapping_columns.get(name, ()))
-        for name, path in loaded.config.mappings.items()
-    }
 
 
 def feed_staging_dir(staging_dir: Path, tenant: str, feed: str) -> Path:

@@ -17,11 +17,12 @@ from prefect.runtime import flow_run
 
 from batchbridge.access import directory_path, load_directory
 from batchbridge.errors import StewardError
-from batchbridge.flows.steward import StewardService
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import load_settings
+from batchbridge.steward.release import release_rows
+from batchbridge.steward.release_report import ReleaseReport, render_release_markdown
+from batchbridge.steward.service import StewardService
 from batchbridge.tasks.guard import stage_task
-from batchbridge.tasks.release import ReleaseReport, render_release_markdown
 
 
 @stage_task("replay-report")
@@ -64,8 +65,8 @@ def replay_quarantine(
         actor=requested_by,
     )
     try:
-        report = service.release(
-            ids=ids, feed=feed, reason=reason, file_id=file_id, flow_run_id=flow_run.id
+        report = release_rows(
+            service, ids=ids, feed=feed, reason=reason, file_id=file_id, flow_run_id=flow_run.id
         )
     finally:
         service.store.engine.dispose()

@@ -20,8 +20,8 @@ from batchbridge.config import FeedConfig, LoadedFeed
 from batchbridge.connectors.alerts import WebhookClient, WebhookSender
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.errors import AlertDeliveryError, BatchbridgeError
+from batchbridge.ledger.run_report import FileReport, RunReport
 from batchbridge.tasks.guard import stage_task
-from batchbridge.tasks.report import FileReport, RunReport
 
 logger = logging.getLogger(__name__)
 

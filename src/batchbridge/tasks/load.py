@@ -12,9 +12,9 @@ import polars as pl
 
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult, Target
 from batchbridge.crashpoints import crash_point
+from batchbridge.ledger.run_report import TargetCounts
 from batchbridge.ledger.store import LoadRecord
 from batchbridge.tasks.guard import stage_task, withhold_unexpected_errors
-from batchbridge.tasks.report import TargetCounts
 from batchbridge.tasks.transform import select_target_columns
 
 LoadFn = Callable[[Target, LoadRequest], LoadResult]

@@ -20,21 +20,21 @@ import yaml
 from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.registry import open_target
-from batchbridge.flows.nightly import load_feed_mappings
 from batchbridge.ledger.crypto import RowCipher
 from batchbridge.ledger.models import FileState, RunStatus
+from batchbridge.ledger.run_report import FileReport, RunReport
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings
 from batchbridge.tasks.load import load_into_targets
 from batchbridge.tasks.quarantine import count_reasons, encrypt_quarantined
 from batchbridge.tasks.reconcile import reconcile_counts
-from batchbridge.tasks.report import FileReport, RunReport
 from batchbridge.tasks.transform import transform_valid_rows
 from batchbridge.tasks.validate import file_date_from_name, parse_and_validate
 from batchbridge.testing.keys import write_secret_file
 from batchbridge.testing.lab_data import mapping_frame, render_lab_csv
 from batchbridge.testing.scenario import lab_file_name, sqlite_target
 from batchbridge.validations.base import TransformContext, ValidationContext
+from batchbridge.validations.mapping import load_feed_mappings
 from batchbridge.validations.registry import get_schema
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import polars as pl
 
+from batchbridge.config import LoadedFeed
 from batchbridge.errors import ConfigError
+from batchbridge.validations.base import FeedSchema
 
 BOOLEAN_VALUES = {"true": "true", "false": "false"}
 """Accepted spellings of a boolean mapping cell (case-insensitive) and their stored form."""
@@ -98,3 +100,16 @@ def load_mapping(
         rows.append(cells)
 
     return pl.DataFrame(rows, schema={column: pl.String for column in header}, orient="row")
+
+
+def load_feed_mappings(loaded: LoadedFeed, schema: FeedSchema) -> dict[str, pl.DataFrame]:
+    """Every mapping table the schema needs, read from the paths the feed YAML gives."""
+    missing = [m for m in schema.required_mappings if m not in loaded.config.mappings]
+    if missing:
+        raise ConfigError(
+            f"feed {loaded.config.feed}: schema {schema.name} needs mappings {', '.join(missing)}"
+        )
+    return {
+        name: load_mapping(loaded.resolve_path(path), schema.mapping_columns.get(name, ()))
+        for name, path in loaded.config.mappings.items()
+    }

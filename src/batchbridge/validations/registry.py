@@ -13,10 +13,14 @@ import re
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batchbridge.config import NAME_PATTERN
 from batchbridge.errors import ConfigError
-from batchbridge.validations.base import FeedSchema
+
+if TYPE_CHECKING:
+    # Only for annotations: importing the registry must not load polars (fast CLI views).
+    from batchbridge.validations.base import FeedSchema
 
 BUILTIN_PACKAGE = "batchbridge.validations"
 ENTRY_POINT_GROUP = "batchbridge.schemas"

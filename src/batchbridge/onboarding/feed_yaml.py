@@ -60,6 +60,8 @@ class _IndentingDumper(yaml.SafeDumper):
 
 def _existing_targets(config_dir: Path, schema: str) -> tuple[str, list[dict[str, Any]]] | None:
     """Targets of an existing feed on the same schema: tenants share warehouse tables."""
+    if not config_dir.is_dir():
+        return None  # the first feed of a new config folder
     for name in list_feeds(config_dir):
         try:
             config = load_feed(name, config_dir).config

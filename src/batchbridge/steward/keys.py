@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from batchbridge.config import load_feed
-from batchbridge.flows.steward_access import StewardAccess
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.crypto import row_associated_data
 from batchbridge.ledger.models import QuarantinedRow, QuarantineEdit
 from batchbridge.ledger.quarantine_store import edit_associated_data, encrypted_of
+from batchbridge.steward.access import StewardAccess
 
 ROTATE_BATCH = 500
 """Rows re-encrypted per transaction: a long rotation never holds one huge transaction."""
@@ -25,8 +25,8 @@ class KeyRotation(StewardAccess):
         key meanwhile, and a rerun continues where an interrupted one stopped.
         """
         tenant = load_feed(feed, self.config_dir).config.tenant
-        self._require(tenant, "rotate_keys", "feed", [feed])
-        ctx = self._feed(feed, tenant)
+        self.require(tenant, "rotate_keys", "feed", [feed])
+        ctx = self.feed_for(feed, tenant)
         current = ctx.keyring.current.key_id
         rows_done = 0
         edits_done = 0

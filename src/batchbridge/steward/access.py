@@ -26,7 +26,6 @@ from batchbridge.errors import (
     RowStateError,
     StewardError,
 )
-from batchbridge.flows.steward_release import FeedContext, feed_context
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.crypto import row_associated_data
 from batchbridge.ledger.models import (
@@ -38,6 +37,7 @@ from batchbridge.ledger.models import (
 )
 from batchbridge.ledger.quarantine_store import edit_associated_data, rows_by_id
 from batchbridge.ledger.store import LedgerStore
+from batchbridge.steward.feed_context import FeedContext, feed_context
 
 ROW = "quarantined_row"
 """The audit object type of a quarantined row."""
@@ -80,7 +80,7 @@ class StewardAccess:
                 details={"attempted": action},
             )
 
-    def _require(
+    def require(
         self, tenant: str, action: str, object_type: str, object_ids: Sequence[str | int]
     ) -> None:
         """Return when the actor may do `action` on `tenant`; else audit and raise."""
@@ -102,7 +102,7 @@ class StewardAccess:
             f"no quarantined row {listed} among your tenants' rows (your tenants: {tenants})"
         )
 
-    def _checked_rows(
+    def checked_rows(
         self, found: Mapping[int, QuarantinedRow], ids: Sequence[int], action: str
     ) -> list[QuarantinedRow]:
         """The rows for `ids`, after access checks (see the module docstring)."""
@@ -119,15 +119,15 @@ class StewardAccess:
         for i in ids:
             by_tenant[found[i].tenant].append(i)
         for tenant, tenant_ids in by_tenant.items():
-            self._require(tenant, action, ROW, tenant_ids)
+            self.require(tenant, action, ROW, tenant_ids)
         return [found[i] for i in ids]
 
     def _row(self, quarantine_id: int, action: str) -> QuarantinedRow:
         with self.store.session() as s:
             found = rows_by_id(s, [quarantine_id])
-        return self._checked_rows(found, [quarantine_id], action)[0]
+        return self.checked_rows(found, [quarantine_id], action)[0]
 
-    def _file(self, file_id: str, action: str) -> LedgerFile:
+    def file_for(self, file_id: str, action: str) -> LedgerFile:
         with self.store.session() as s:
             file = s.get(LedgerFile, file_id)
         if file is not None and self.directory.role(self.actor, file.tenant) is None:
@@ -136,7 +136,7 @@ class StewardAccess:
         if file is None:
             tenants = ", ".join(self.directory.tenants(self.actor)) or "none"
             raise StewardError(f"no file {file_id} among your tenants' files ({tenants})")
-        self._require(file.tenant, action, "file", [file_id])
+        self.require(file.tenant, action, "file", [file_id])
         return file
 
     def _feed_tenant(self, feed: str) -> str | None:
@@ -145,7 +145,7 @@ class StewardAccess:
         except FeedNotFoundError:
             return None
 
-    def _feed(self, feed: str, tenant: str) -> FeedContext:
+    def feed_for(self, feed: str, tenant: str) -> FeedContext:
         return feed_context(feed, self.config_dir, tenant=tenant)
 
     @staticmethod

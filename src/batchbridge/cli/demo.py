@@ -6,17 +6,14 @@ import os
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Annotated
 
-from batchbridge.flows.commands import run_command
-from batchbridge.testing.keys import generate_ed25519
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import (
-    SftpEndpoint,
-    build_lab_scenario,
-    lab_file_name,
-    sqlite_target,
-)
-from batchbridge.testing.sftp_server import start_sftp_server
+import typer
+
+from batchbridge.cli.output import print_json
+from batchbridge.cli.run import run_feed_once
+from batchbridge.ledger.run_report import render_text
+from batchbridge.settings import load_settings
 
 DEMO_STEWARD = "demo.steward@example.org"
 
@@ -31,8 +28,41 @@ DEMO_BAD_ROWS = {
 }
 
 
+def _run_and_print(config_dir: Path, *, as_json: bool) -> int:
+    report, status = run_feed_once(
+        "lab_results", load_settings(config_dir), files=None, force=False
+    )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print(render_text(report))
+    return 0 if status == "succeeded" else 9
+
+
+def demo_command(
+    rows: Annotated[int, typer.Option("--rows", help="Rows in the synthetic file.", min=1)] = 2000,
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="Folder for everything the demo makes.")
+    ] = Path("var/demo"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> int:
+    """End-to-end demo on embedded defaults: local SFTP server, SQLite, Prefect."""
+    return run_demo(rows=rows, workdir=workdir, as_json=as_json)
+
+
 def run_demo(*, rows: int, workdir: Path, as_json: bool) -> int:
     """Set up everything under `workdir`, run the flow, then run it again to show idempotency."""
+    # The demo's synthetic world (gpg keys, Polars-made rows, an SFTP server) loads only here.
+    from batchbridge.testing.keys import generate_ed25519
+    from batchbridge.testing.lab_data import generate_lab_rows
+    from batchbridge.testing.scenario import (
+        SftpEndpoint,
+        build_lab_scenario,
+        lab_file_name,
+        sqlite_target,
+    )
+    from batchbridge.testing.sftp_server import start_sftp_server
+
     workdir = workdir.resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -66,21 +96,9 @@ def run_demo(*, rows: int, workdir: Path, as_json: bool) -> int:
         )
         print(f"demo: feed config {scenario.feed_path}\n")
         print("== first run: every valid row loaded, invalid rows quarantined")
-        first = run_command(
-            "lab_results",
-            config_dir=scenario.config_dir,
-            files=None,
-            force=False,
-            as_json=as_json,
-        )
+        first = _run_and_print(scenario.config_dir, as_json=as_json)
         print("\n== second run: the same file is already done, nothing is doubled")
-        second = run_command(
-            "lab_results",
-            config_dir=scenario.config_dir,
-            files=None,
-            force=False,
-            as_json=as_json,
-        )
+        second = _run_and_print(scenario.config_dir, as_json=as_json)
         print(f"\ndemo: warehouse {workdir / 'warehouse.db'}, ledger {workdir / 'ledger.db'}")
         (workdir / "stewards.yaml").write_text(
             f"stewards:\n  {DEMO_STEWARD}:\n    acme_lab: admin\n", encoding="utf-8"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from batchbridge.config import load_feed
 from batchbridge.errors import ImportRejectedError, StewardError
-from batchbridge.flows.steward_access import ROW, StewardAccess
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.models import QuarantineStatus
 from batchbridge.ledger.quarantine_store import QuarantineFilter, find_rows, rows_by_id
-from batchbridge.tasks.steward_csv import read_import, safe_names, write_export
+from batchbridge.steward.access import ROW, StewardAccess
+from batchbridge.steward.csv_files import read_import, safe_names, write_export
 
 
 class CsvExchange(StewardAccess):
@@ -38,19 +38,19 @@ class CsvExchange(StewardAccess):
         if ids:
             with self.store.session() as s:
                 found = rows_by_id(s, ids)
-            rows = self._checked_rows(found, list(dict.fromkeys(ids)), "export")
+            rows = self.checked_rows(found, list(dict.fromkeys(ids)), "export")
             for row in rows:
                 self._require_quarantined(row)
         elif feed:
             tenant = load_feed(feed, self.config_dir).config.tenant
-            self._require(tenant, "export", "feed", [feed])
+            self.require(tenant, "export", "feed", [feed])
             with self.store.session() as s:
                 rows = find_rows(s, QuarantineFilter(tenants=[tenant], feed=feed, reason=reason))
         else:
             raise StewardError("export needs row ids or a feed")
         if not rows:
             return 0
-        contexts = {f: self._feed(f, t) for f, t in {(r.feed, r.tenant) for r in rows}}
+        contexts = {f: self.feed_for(f, t) for f, t in {(r.feed, r.tenant) for r in rows}}
         schemas = {ctx.schema.columns for ctx in contexts.values()}
         if len(schemas) != 1:
             raise StewardError("export rows of one kind of feed at a time (their columns differ)")
@@ -119,8 +119,8 @@ class CsvExchange(StewardAccess):
                 f"{path.name}: refused whole, nothing applied: {'; '.join(problems)}"
             )
         for tenant in sorted({found[i].tenant for i in ids}):
-            self._require(tenant, "import", ROW, [i for i in ids if found[i].tenant == tenant])
-        contexts = {f: self._feed(f, t) for f, t in {(r.feed, r.tenant) for r in found.values()}}
+            self.require(tenant, "import", ROW, [i for i in ids if found[i].tenant == tenant])
+        contexts = {f: self.feed_for(f, t) for f, t in {(r.feed, r.tenant) for r in found.values()}}
         for feed, ctx in contexts.items():
             extra = sorted(set(parsed.columns) - set(ctx.schema.columns))
             if extra:

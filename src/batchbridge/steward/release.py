@@ -2,83 +2,91 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import polars as pl
 from sqlalchemy import select
 
-from batchbridge.config import LoadedFeed, load_feed
+from batchbridge.config import load_feed
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import Target
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.crashpoints import crash_point
-from batchbridge.errors import BatchbridgeError, ConfigError
-from batchbridge.flows.nightly import load_feed_mappings
+from batchbridge.errors import BatchbridgeError, StewardError
 from batchbridge.ledger.audit import append_event
-from batchbridge.ledger.crypto import QuarantineKeyring, RowCipher, row_associated_data
 from batchbridge.ledger.models import (
+    FileState,
     LedgerFile,
     QuarantinedRow,
     QuarantineStatus,
     RunStatus,
     utcnow,
 )
-from batchbridge.ledger.quarantine_store import balance_of, encrypted_of
+from batchbridge.ledger.quarantine_store import (
+    QuarantineFilter,
+    balance_of,
+    find_rows,
+    reason_matches,
+    rows_by_id,
+)
 from batchbridge.ledger.store import LedgerStore
+from batchbridge.steward.feed_context import FeedContext
+from batchbridge.steward.release_report import FileRelease, ReleaseReport, ReleaseRun
 from batchbridge.tasks.guard import withhold_unexpected_errors
 from batchbridge.tasks.load import TargetLoad, load_into_targets
 from batchbridge.tasks.reconcile import reconcile_counts
-from batchbridge.tasks.release import FileRelease, ReleaseRun, revalidate, rows_frame
 from batchbridge.tasks.transform import transform_valid_rows
 from batchbridge.tasks.validate import file_date_from_name
-from batchbridge.validations.base import ROW_COLUMN, FeedSchema, TransformContext, ValidationContext
-from batchbridge.validations.registry import get_schema
+from batchbridge.validations.base import (
+    REASONS_COLUMN,
+    ROW_COLUMN,
+    FeedSchema,
+    TransformContext,
+    ValidationContext,
+)
+from batchbridge.validations.mapping import load_feed_mappings
 
-_revalidate = withhold_unexpected_errors("validate")(revalidate)
-_transform = withhold_unexpected_errors("transform")(transform_valid_rows)
+if TYPE_CHECKING:
+    from batchbridge.steward.service import StewardService
+
+
+def rows_frame(
+    rows: Sequence[tuple[int, Mapping[str, str | None]]], columns: Sequence[str]
+) -> pl.DataFrame:
+    """Decrypted rows (row number, values) as the parser would have produced them."""
+    data: dict[str, list[str | None]] = {c: [values.get(c) for _, values in rows] for c in columns}
+    frame = pl.DataFrame(data, schema={c: pl.String for c in columns})
+    return frame.with_columns(
+        pl.Series(ROW_COLUMN, [number for number, _ in rows], dtype=pl.UInt32)
+    )
 
 
 @dataclass(frozen=True)
-class FeedContext:
-    """A feed's config, schema and quarantine key ring, read fresh for each steward action."""
+class Revalidation:
+    """Rows that now pass (file columns + ROW_COLUMN) and new reasons of those that do not."""
 
-    loaded: LoadedFeed
-    schema: FeedSchema
-    keyring: QuarantineKeyring
-
-    @property
-    def tenant(self) -> str:
-        return self.loaded.config.tenant
-
-    def decrypt(self, row: QuarantinedRow) -> dict[str, str | None]:
-        """A quarantined row's values (bound to its file and row number)."""
-        return self.keyring.decrypt(
-            encrypted_of(row), row_associated_data(row.file_id, row.row_number)
-        )
+    valid: pl.DataFrame
+    reasons: dict[int, list[str]]
 
 
-def feed_context(feed: str, config_dir: Path, *, tenant: str | None = None) -> FeedContext:
-    """Load a feed's YAML, schema and keys: the current key plus quarantine_previous_keys."""
-    loaded = load_feed(feed, config_dir)
-    config = loaded.config
-    if tenant is not None and config.tenant != tenant:
-        raise ConfigError(
-            f"feed {feed} belongs to tenant {config.tenant}, but its quarantined rows to "
-            f"{tenant}; fix the feed YAML before acting on them"
-        )
-    keyring = QuarantineKeyring(
-        RowCipher(resolve_secret(config.quarantine_key, base_dir=loaded.base_dir)),
-        [
-            RowCipher(resolve_secret(ref, base_dir=loaded.base_dir))
-            for ref in config.quarantine_previous_keys
-        ],
-    )
-    return FeedContext(loaded=loaded, schema=get_schema(config.schema_name), keyring=keyring)
+def revalidate(frame: pl.DataFrame, schema: FeedSchema, ctx: ValidationContext) -> Revalidation:
+    """Apply the feed's rules (with today's mappings) to rows taken out of quarantine."""
+    result = schema.validate(frame, ctx)
+    reasons = {
+        int(number): [str(r) for r in found]
+        for number, found in result.quarantined.select(ROW_COLUMN, REASONS_COLUMN).iter_rows()
+    }
+    return Revalidation(valid=result.valid, reasons=reasons)
+
+
+_revalidate = withhold_unexpected_errors("validate")(revalidate)
+_transform = withhold_unexpected_errors("transform")(transform_valid_rows)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -94,6 +102,7 @@ class FeedRelease:
     ctx: FeedContext
     actor: str
     run: ReleaseRun
+    why: str | None
     mappings: dict[str, pl.DataFrame]
     transform_ctx: TransformContext
     targets: list[tuple[Target, list[str]]]
@@ -224,6 +233,7 @@ class FeedRelease:
                 tenant=self.ctx.tenant,
                 object_type="quarantined_row",
                 object_ids=[*released, *still],
+                reason=self.why,
                 details={
                     "run_id": self.run.run_id,
                     "file_id": file.id,
@@ -245,6 +255,7 @@ def release_feed_rows(
     actor: str,
     files: Sequence[tuple[LedgerFile, Sequence[QuarantinedRow]]],
     flow_run_id: str | None,
+    why: str | None = None,
 ) -> ReleaseRun:
     """Release a feed's rows under a new ledger run (is_rerun) whose report says what happened."""
     config = ctx.loaded.config
@@ -273,6 +284,7 @@ def release_feed_rows(
                 ctx=ctx,
                 actor=actor,
                 run=run,
+                why=why,
                 mappings=mappings,
                 transform_ctx=transform_ctx,
                 targets=targets,
@@ -286,3 +298,82 @@ def release_feed_rows(
     crash_point("release_before_report")
     store.finish_run(run_id, status=RunStatus(run.status), report=run.to_dict())
     return run
+
+
+def release_rows(
+    service: StewardService,
+    *,
+    ids: list[int] | None = None,
+    feed: str | None = None,
+    reason: str | None = None,
+    file_id: str | None = None,
+    flow_run_id: str | None = None,
+    why: str | None = None,
+) -> ReleaseReport:
+    """Re-validate chosen rows with the feed's schema and current mapping; load the valid ones.
+
+    Valid rows go to every target of the feed under a new load id, with their
+    original file id and row number as lineage, recorded in a new ledger run
+    (is_rerun); they become released. Invalid ones stay quarantined with their new
+    reasons. Released rows are never selected again, so releasing twice loads once.
+    """
+    if not ids and feed is None and file_id is None:
+        raise StewardError("release needs row ids, a feed or a file")
+    report = ReleaseReport()
+    if ids:
+        with service.store.session() as s:
+            found = rows_by_id(s, ids)
+        candidates = service.checked_rows(found, list(dict.fromkeys(ids)), "release")
+        selected = []
+        for row in candidates:
+            if row.status != QuarantineStatus.QUARANTINED:
+                report.skipped[row.id] = f"{row.status} already"
+            elif (feed and row.feed != feed) or (file_id and row.file_id != file_id):
+                report.skipped[row.id] = "outside the feed or file asked for"
+            elif reason and not reason_matches(row.reasons, reason):
+                report.skipped[row.id] = f"no reason matching {reason}"
+            else:
+                selected.append(row)
+    else:
+        tenants: list[str] = []
+        if file_id is not None:
+            tenants.append(service.file_for(file_id, "release").tenant)
+        if feed is not None:
+            tenant = load_feed(feed, service.config_dir).config.tenant
+            service.require(tenant, "release", "feed", [feed])
+            tenants.append(tenant)
+        where = QuarantineFilter(
+            tenants=sorted(set(tenants)), feed=feed, file_id=file_id, reason=reason
+        )
+        with service.store.session() as s:
+            selected = find_rows(s, where)
+    with service.store.session() as s:
+        files = {
+            f.id: f
+            for f in s.scalars(
+                select(LedgerFile).where(LedgerFile.id.in_({r.file_id for r in selected}))
+            )
+        }
+    by_feed: dict[tuple[str, str], dict[str, list[QuarantinedRow]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for row in selected:
+        # A file still in a run (or failed) is the nightly run's to finish first:
+        # releasing into it would break its first-run counts.
+        if files[row.file_id].state != FileState.RECONCILED:
+            report.skipped[row.id] = "its file is not reconciled yet"
+            continue
+        by_feed[(row.feed, row.tenant)][row.file_id].append(row)
+    for (feed_name, tenant), rows_by_file in sorted(by_feed.items()):
+        ctx = service.feed_for(feed_name, tenant)
+        report.runs.append(
+            release_feed_rows(
+                service.store,
+                ctx,
+                actor=service.actor,
+                files=[(files[f], rows) for f, rows in sorted(rows_by_file.items())],
+                flow_run_id=flow_run_id,
+                why=why.strip() if why and why.strip() else None,
+            )
+        )
+    return report

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import paramiko
+import typer
+import yaml
 
+from batchbridge.cli.output import print_json
+from batchbridge.cli.params import ConfigDirOption, FeedArgument, JsonOption, split_values
+from batchbridge.config import feed_path, load_feed
 from batchbridge.errors import ConfigError, HostKeyError
+from batchbridge.settings import load_settings
 
 if TYPE_CHECKING:
-    from batchbridge.flows.onboard_yaml import ScaffoldRequest
+    import paramiko
 
-HOST_KEY_FAMILIES: dict[str, tuple[str, ...]] = {
-    "ssh-ed25519": ("ssh-ed25519",),
-    "ecdsa": ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"),
-    "rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
-}
-"""Host key types asked for one at a time, so a server holding several shows each."""
+    from batchbridge.onboarding.feed_yaml import ScaffoldRequest
 
 PLAINTEXT_WARNING = (
     "WARNING: --plaintext reads the sample unencrypted. Plaintext samples must be synthetic "
@@ -31,103 +30,9 @@ PLAINTEXT_WARNING = (
 
 Runner = Callable[..., "subprocess.CompletedProcess[Any]"]
 
-
-def add_onboard_commands(commands: Any) -> None:
-    """Register `onboard scaffold|host-key|dry-run|deploy` on the CLI's subparsers."""
-    onboard = commands.add_parser("onboard", help="onboard a new partner feed (no code)")
-    steps = onboard.add_subparsers(dest="onboard_command", required=True)
-
-    scaffold = steps.add_parser("scaffold", help="write a commented feed YAML for a new partner")
-    scaffold.add_argument("feed")
-    scaffold.add_argument("--tenant", required=True)
-    scaffold.add_argument("--schema", required=True, help="an existing schema, e.g. lab_results")
-    scaffold.add_argument("--host", required=True, help="the partner's SFTP host")
-    scaffold.add_argument("--port", type=int, default=22)
-    scaffold.add_argument("--user", required=True, help="our login on the partner's server")
-    scaffold.add_argument("--remote-dir", required=True, help="folder the partner drops into")
-    scaffold.add_argument("--glob", required=True, help="file name pattern, e.g. 'RESULTS_*.pgp'")
-    scaffold.add_argument("--timezone", default="UTC", help="zone of the files' naive times")
-    scaffold.add_argument("--cron", default="0 2 * * *", help="nightly schedule (feed zone)")
-    scaffold.add_argument("--config-dir", type=Path, default=None)
-
-    host_key = steps.add_parser(
-        "host-key", help="show a server's host keys (not trusted) to confirm and pin"
-    )
-    host_key.add_argument("host")
-    host_key.add_argument("--port", type=int, default=22)
-    host_key.add_argument(
-        "--key-type", action="append", choices=sorted(HOST_KEY_FAMILIES), dest="key_types"
-    )
-    host_key.add_argument("--timeout", type=float, default=15.0)
-    host_key.add_argument("--pin", metavar="FEED", help="write the key(s) into FEED's host_keys")
-    host_key.add_argument(
-        "--confirmed",
-        action="store_true",
-        help="the fingerprint was confirmed with the partner out of band",
-    )
-    host_key.add_argument(
-        "--fingerprint",
-        action="append",
-        dest="fingerprints",
-        metavar="SHA256:…",
-        help="pin only the key with this confirmed fingerprint (repeatable)",
-    )
-    host_key.add_argument("--config-dir", type=Path, default=None)
-
-    dry_run = steps.add_parser("dry-run", help="decrypt, verify, validate a sample; load nothing")
-    dry_run.add_argument("feed")
-    dry_run.add_argument("sample", type=Path)
-    dry_run.add_argument("--plaintext", action="store_true", help="synthetic unencrypted sample")
-    dry_run.add_argument("--json", action="store_true")
-    dry_run.add_argument("--config-dir", type=Path, default=None)
-
-    deploy = steps.add_parser("deploy", help="print (or --apply) the steps to deploy a feed")
-    deploy.add_argument("feed")
-    deploy.add_argument("--apply", action="store_true", help="run the checks and prefect deploy")
-    deploy.add_argument("--prefect-file", type=Path, default=None)
-    deploy.add_argument("--config-dir", type=Path, default=None)
-
-
-def run_onboard_command(args: argparse.Namespace) -> int:
-    """Dispatch `batchbridge onboard …`."""
-    if args.onboard_command == "scaffold":
-        from batchbridge.flows.onboard_yaml import ScaffoldRequest
-
-        request = ScaffoldRequest(
-            feed=args.feed,
-            tenant=args.tenant,
-            schema=args.schema,
-            host=args.host,
-            port=args.port,
-            username=args.user,
-            remote_dir=args.remote_dir,
-            glob=args.glob,
-            timezone=args.timezone,
-            cron=args.cron,
-        )
-        return scaffold_command(request, config_dir=args.config_dir)
-    if args.onboard_command == "host-key":
-        return host_key_command(
-            args.host,
-            args.port,
-            key_types=args.key_types,
-            timeout=args.timeout,
-            pin_feed=args.pin,
-            confirmed=args.confirmed,
-            fingerprints=args.fingerprints,
-            config_dir=args.config_dir,
-        )
-    if args.onboard_command == "dry-run":
-        return dry_run_command(
-            args.feed,
-            args.sample,
-            config_dir=args.config_dir,
-            plaintext=args.plaintext,
-            as_json=args.json,
-        )
-    return deploy_command(
-        args.feed, config_dir=args.config_dir, prefect_file=args.prefect_file, apply=args.apply
-    )
+app = typer.Typer(
+    help="Onboard a new partner feed: scaffold, host key, dry run, deploy.", no_args_is_help=True
+)
 
 
 # -- scaffold -------------------------------------------------------------------------
@@ -135,15 +40,13 @@ def run_onboard_command(args: argparse.Namespace) -> int:
 
 def scaffold_command(request: ScaffoldRequest, *, config_dir: Path | None) -> int:
     """Write `<config_dir>/<feed>.yaml` (never overwriting) and empty mapping tables."""
-    from batchbridge.config import feed_path
-    from batchbridge.flows.onboard_yaml import (
+    from batchbridge.onboarding.feed_yaml import (
         mapping_header,
         render_feed_yaml,
         secret_name,
         validate_feed_text,
         write_new_file,
     )
-    from batchbridge.settings import load_settings
     from batchbridge.validations.registry import get_schema
 
     settings = load_settings(config_dir)
@@ -185,41 +88,6 @@ def scaffold_command(request: ScaffoldRequest, *, config_dir: Path | None) -> in
 # -- host key -------------------------------------------------------------------------
 
 
-def key_line(key: paramiko.PKey) -> str:
-    """A public key as an OpenSSH line ('ssh-ed25519 AAAA…'), the form host_keys pins."""
-    return f"{key.get_name()} {key.get_base64()}"
-
-
-def offered_host_keys(
-    host: str,
-    port: int,
-    *,
-    families: Sequence[str] | None = None,
-    timeout: float = 15.0,
-    fetch: Callable[..., paramiko.PKey] | None = None,
-) -> list[paramiko.PKey]:
-    """Every host key the server proves it holds, one key exchange per key type; no login."""
-    from batchbridge.connectors.sources.sftp import server_host_key
-
-    fetch = fetch or server_host_key
-    preferred = getattr(paramiko.Transport, "_preferred_keys", ())
-    every = {*preferred, *(name for names in HOST_KEY_FAMILIES.values() for name in names)}
-    keys: list[paramiko.PKey] = []
-    for family, algorithms in HOST_KEY_FAMILIES.items():
-        if families and family not in families:
-            continue
-        disabled = sorted(every - set(algorithms))
-        try:
-            key = fetch(host, port, disabled_algorithms=disabled, timeout=timeout)
-        except HostKeyError:
-            continue  # the server holds no key of this type
-        if all(key.asbytes() != known.asbytes() for known in keys):
-            keys.append(key)
-    if not keys:
-        raise HostKeyError(f"{host}:{port} offered no host key of the requested types")
-    return keys
-
-
 def host_key_command(
     host: str,
     port: int,
@@ -233,7 +101,9 @@ def host_key_command(
     fetch: Callable[..., paramiko.PKey] | None = None,
 ) -> int:
     """Print the server's host keys and fingerprints; with --pin and --confirmed, pin them."""
+    # paramiko loads only for the host-key step.
     from batchbridge.connectors.sources.ssh_keys import fingerprint
+    from batchbridge.onboarding.host_keys import key_line, offered_host_keys
 
     keys = offered_host_keys(host, port, families=key_types, timeout=timeout, fetch=fetch)
     where = f"{host}:{port}"
@@ -280,10 +150,9 @@ def host_key_command(
 def _pin(
     feed: str, host: str, port: int, keys: list[paramiko.PKey], *, config_dir: Path | None
 ) -> int:
-    from batchbridge.config import load_feed
     from batchbridge.connectors.sources.ssh_keys import fingerprint
-    from batchbridge.flows.onboard_yaml import pin_host_keys, pin_note
-    from batchbridge.settings import load_settings
+    from batchbridge.onboarding.feed_yaml import pin_host_keys, pin_note
+    from batchbridge.onboarding.host_keys import key_line
 
     settings = load_settings(config_dir)
     source = load_feed(feed, settings.config_dir).config.source
@@ -310,7 +179,7 @@ def _pin(
 _OPENPGP_ARMOR = b"-----BEGIN PGP MESSAGE-----"
 
 
-def _looks_encrypted(sample: Path) -> bool:
+def looks_encrypted(sample: Path) -> bool:
     with sample.open("rb") as handle:
         head = handle.read(64)
     # Binary OpenPGP packets start with the high bit set; text files never do in byte 0.
@@ -321,10 +190,7 @@ def dry_run_command(
     feed: str, sample: Path, *, config_dir: Path | None, plaintext: bool, as_json: bool
 ) -> int:
     """Dry-run a sample file (nothing loaded); exit non-zero when the file fails whole."""
-    from batchbridge.config import load_feed
-    from batchbridge.flows.cli import print_json
-    from batchbridge.settings import load_settings
-    from batchbridge.tasks.dry_run import dry_run_sample, render_dry_run_text
+    from batchbridge.onboarding.dry_run import dry_run_sample, render_dry_run_text
 
     settings = load_settings(config_dir)
     loaded = load_feed(feed, settings.config_dir)
@@ -332,7 +198,7 @@ def dry_run_command(
         raise ConfigError(f"sample file {sample} does not exist")
     if plaintext:
         print(PLAINTEXT_WARNING, file=sys.stderr)
-        if _looks_encrypted(sample):
+        if looks_encrypted(sample):
             raise ConfigError(f"{sample.name} looks OpenPGP-encrypted: drop --plaintext")
     report = dry_run_sample(loaded, sample, plaintext=plaintext)
     if as_json:
@@ -346,7 +212,6 @@ def dry_run_command(
 
 
 def _deployment_names(prefect_file: Path) -> set[str]:
-    import yaml
 
     if not prefect_file.is_file():
         return set()
@@ -367,9 +232,7 @@ def deploy_command(
     Thin on purpose: `batchbridge deploy` owns prefect.yaml (generated from the feed
     YAMLs) and the tenant work queues; this only puts the onboarding steps in order.
     """
-    from batchbridge.config import load_feed
-    from batchbridge.flows.commands import check_feed
-    from batchbridge.settings import load_settings
+    from batchbridge.preflight import check_feed
     from batchbridge.tasks.health_checks import run_feed_checks
     from batchbridge.tasks.health_report import render_health_text
 
@@ -413,7 +276,7 @@ def deploy_command(
     argv = [
         sys.executable,
         "-m",
-        "batchbridge.flows.cli",
+        "batchbridge.cli",
         "deploy",
         "--apply",
         "--config-dir",
@@ -431,3 +294,130 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+# -- the typer commands -----------------------------------------------------------------
+
+
+@app.command("scaffold")
+def scaffold_cli(
+    feed: FeedArgument,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant the feed belongs to.")],
+    schema: Annotated[str, typer.Option("--schema", help="An existing schema, e.g. lab_results.")],
+    host: Annotated[str, typer.Option("--host", help="The partner's SFTP host.")],
+    user: Annotated[str, typer.Option("--user", help="Our login on the partner's server.")],
+    remote_dir: Annotated[
+        str, typer.Option("--remote-dir", help="Folder the partner drops files into.")
+    ],
+    glob: Annotated[str, typer.Option("--glob", help="File name pattern, e.g. 'RESULTS_*.pgp'.")],
+    port: Annotated[int, typer.Option("--port", help="The partner's SFTP port.")] = 22,
+    timezone: Annotated[
+        str, typer.Option("--timezone", help="Zone of the files' naive timestamps.")
+    ] = "UTC",
+    cron: Annotated[
+        str, typer.Option("--cron", help="Nightly schedule (cron, in the feed's zone).")
+    ] = "0 2 * * *",
+    config_dir: ConfigDirOption = None,
+) -> int:
+    """Write a commented feed YAML (and empty mapping tables) for a new partner."""
+    # The YAML renderer reads the schema modules (pandera, polars): loaded for this step only.
+    from batchbridge.onboarding.feed_yaml import ScaffoldRequest
+
+    request = ScaffoldRequest(
+        feed=feed,
+        tenant=tenant,
+        schema=schema,
+        host=host,
+        port=port,
+        username=user,
+        remote_dir=remote_dir,
+        glob=glob,
+        timezone=timezone,
+        cron=cron,
+    )
+    return scaffold_command(request, config_dir=config_dir)
+
+
+@app.command("host-key")
+def host_key_cli(
+    host: Annotated[str, typer.Argument(help="The partner's SFTP host.")],
+    port: Annotated[int, typer.Option("--port", help="The partner's SFTP port.")] = 22,
+    key_types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key-type",
+            help="Only these key types: ssh-ed25519, ecdsa, rsa (repeat or comma-separate).",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per key exchange.")] = 15.0,
+    pin: Annotated[
+        str | None,
+        typer.Option("--pin", help="Write the key(s) into this feed's host_keys.", metavar="FEED"),
+    ] = None,
+    confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--confirmed", help="The fingerprint was confirmed with the partner out of band."
+        ),
+    ] = False,
+    fingerprints: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fingerprint",
+            help="Pin only the key with this confirmed fingerprint (repeatable).",
+            metavar="SHA256:...",
+        ),
+    ] = None,
+    config_dir: ConfigDirOption = None,
+) -> int:
+    """Show a server's host keys (not trusted) to confirm with the partner, then pin them."""
+
+    from batchbridge.onboarding.host_keys import HOST_KEY_FAMILIES
+
+    families = split_values(key_types)
+    unknown = sorted(set(families) - set(HOST_KEY_FAMILIES))
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown key type(s) {', '.join(unknown)} (choose from {', '.join(HOST_KEY_FAMILIES)})"
+        )
+    return host_key_command(
+        host,
+        port,
+        key_types=families or None,
+        timeout=timeout,
+        pin_feed=pin,
+        confirmed=confirmed,
+        fingerprints=split_values(fingerprints) or None,
+        config_dir=config_dir,
+    )
+
+
+@app.command("dry-run")
+def dry_run_cli(
+    feed: FeedArgument,
+    sample: Annotated[Path, typer.Argument(help="A sample file from the partner.")],
+    plaintext: Annotated[
+        bool, typer.Option("--plaintext", help="The sample is synthetic and unencrypted.")
+    ] = False,
+    as_json: JsonOption = False,
+    config_dir: ConfigDirOption = None,
+) -> int:
+    """Decrypt, verify and validate a sample; load nothing."""
+    return dry_run_command(
+        feed, sample, config_dir=config_dir, plaintext=plaintext, as_json=as_json
+    )
+
+
+@app.command("deploy")
+def deploy_cli(
+    feed: FeedArgument,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Run the checks, then deploy (prefect deploy).")
+    ] = False,
+    prefect_file: Annotated[
+        Path | None, typer.Option("--prefect-file", help="prefect.yaml to regenerate.")
+    ] = None,
+    config_dir: ConfigDirOption = None,
+) -> int:
+    """Print (or --apply) the steps that deploy a feed."""
+    return deploy_command(feed, config_dir=config_dir, prefect_file=prefect_file, apply=apply)

@@ -1,35 +1,16 @@
-"""Strict pydantic models for a partner feed YAML, and the loader that reads them."""
+"""The sections of a feed YAML: source, keys, format, targets, alerts and file contract."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
-from batchbridge.errors import ConfigError, FeedNotFoundError
+from batchbridge.config.secret_refs import SecretRef
 
-SECRET_REF_PATTERN = re.compile(r"^(env|file|prefect-secret):\S+$")
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
-
-SecretRef = Annotated[
-    str,
-    Field(
-        pattern=SECRET_REF_PATTERN.pattern,
-        description="A reference to a secret: env:NAME, file:PATH or prefect-secret:NAME.",
-    ),
-]
 
 
 class StrictModel(BaseModel):
@@ -287,115 +268,3 @@ class FileContractConfig(StrictModel):
             except re.error as exc:
                 raise ValueError(f"not a valid regular expression ({exc.msg})") from None
         return value
-
-
-class ScheduleConfig(StrictModel):
-    """When the nightly run starts, in the feed's time zone."""
-
-    cron: str
-    timezone: str = "UTC"
-
-
-class FeedConfig(StrictModel):
-    """One partner feed: everything needed to run it, secrets by reference only."""
-
-    feed: str = Field(pattern=NAME_PATTERN)
-    tenant: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    schema_name: str = Field(alias="schema", pattern=NAME_PATTERN)
-    timezone: str = Field("UTC", description="Zone of naive timestamps in the partner's files.")
-    source: SourceConfig
-    pgp: PgpConfig
-    format: AnyFormatConfig = FormatConfig()
-    full_snapshot: bool = Field(
-        False,
-        description="Each file lists every current record of the tenant: records absent "
-        "from it are marked inactive in the targets (never deleted).",
-    )
-    mappings: dict[str, Path] = Field(default_factory=dict)
-    pseudonym_key: SecretRef
-    quarantine_key: SecretRef
-    quarantine_previous_keys: list[SecretRef] = Field(
-        default_factory=list,
-        description="Keys of rows encrypted before a rotation; kept until `keys rotate` ran.",
-    )
-    targets: list[TargetConfig] = Field(min_length=1)
-    schedule: ScheduleConfig | None = None
-    alerts: AlertsConfig = AlertsConfig()
-    contract: FileContractConfig = FileContractConfig()
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
-
-    @field_validator("targets")
-    @classmethod
-    def _unique_target_names(cls, value: list[TargetConfig]) -> list[TargetConfig]:
-        names = [target.name for target in value]
-        if len(names) != len(set(names)):
-            raise ValueError("target names must be unique within a feed")
-        return value
-
-
-class LoadedFeed(BaseModel):
-    """A validated feed plus the folder its relative paths are resolved against."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    config: FeedConfig
-    path: Path
-
-    @property
-    def base_dir(self) -> Path:
-        """Folder that relative paths (mappings, file: secrets) start from."""
-        return self.path.parent
-
-    def resolve_path(self, path: Path) -> Path:
-        """Resolve a path written in the YAML relative to the YAML's own folder."""
-        return path if path.is_absolute() else (self.base_dir / path).resolve()
-
-
-def feed_path(feed: str, config_dir: Path) -> Path:
-    """Where the YAML of `feed` lives in `config_dir`."""
-    return config_dir / f"{feed}.yaml"
-
-
-def load_feed(feed: str, config_dir: Path) -> LoadedFeed:
-    """Read and validate `config_dir/<feed>.yaml`; errors name the key, never a value."""
-    path = feed_path(feed, config_dir)
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in config_dir.glob("*.yaml"))) or "none"
-        raise FeedNotFoundError(f"no feed {feed!r} in {config_dir} (known feeds: {known})")
-    return load_feed_file(path)
-
-
-def load_feed_file(path: Path) -> LoadedFeed:
-    """Validate one feed YAML file."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path.name}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path.name}: expected a mapping at the top level")
-    try:
-        config = FeedConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path.name}: {problems}") from None
-    if config.feed != path.stem:
-        raise ConfigError(f"{path.name}: feed name {config.feed!r} must match the file name")
-    return LoadedFeed(config=config, path=path.resolve())
-
-
-def list_feeds(config_dir: Path) -> list[str]:
-    """Names of every feed YAML in `config_dir`."""
-    return sorted(p.stem for p in config_dir.glob("*.yaml"))

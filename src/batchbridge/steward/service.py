@@ -8,7 +8,6 @@ action, tenant, ids, column names and the person's reason: never a value.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,17 +15,10 @@ from typing import Any
 from sqlalchemy import select
 
 from batchbridge.access import current_actor, directory_path, load_directory, required_role
-from batchbridge.config import load_feed
 from batchbridge.errors import StewardError
-from batchbridge.flows.steward_access import ROW
-from batchbridge.flows.steward_exchange import CsvExchange
-from batchbridge.flows.steward_keys import KeyRotation
-from batchbridge.flows.steward_release import release_feed_rows
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.models import (
-    FileState,
     LedgerFile,
-    QuarantinedRow,
     QuarantineStatus,
     Run,
     utcnow,
@@ -42,14 +34,14 @@ from batchbridge.ledger.quarantine_store import (
     encrypted_of,
     file_names,
     find_rows,
-    reason_matches,
-    rows_by_id,
     summarize,
 )
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import Settings
-from batchbridge.tasks.release import ReleaseReport
-from batchbridge.tasks.steward_csv import safe_names
+from batchbridge.steward.access import ROW
+from batchbridge.steward.csv_files import safe_names
+from batchbridge.steward.exchange import CsvExchange
+from batchbridge.steward.keys import KeyRotation
 
 __all__ = ["ShownRow", "StewardService", "mask"]
 
@@ -116,12 +108,12 @@ class StewardService(CsvExchange, KeyRotation):
     ) -> list[QuarantineSummary]:
         """Rows of the actor's tenants matching every filter: ids, reasons, status; no values."""
         if tenant is not None:
-            self._require(tenant, "list", "tenant", [tenant])
+            self.require(tenant, "list", "tenant", [tenant])
             tenants = [tenant]
         else:
             tenants = self.directory.tenants(self.actor, required_role("list"))
         if feed is not None and (feed_tenant := self._feed_tenant(feed)) is not None:
-            self._require(feed_tenant, "list", "feed", [feed])
+            self.require(feed_tenant, "list", "feed", [feed])
         where = QuarantineFilter(
             tenants=tenants,
             feed=feed,
@@ -146,7 +138,7 @@ class StewardService(CsvExchange, KeyRotation):
     def _view(self, quarantine_id: int, *, reveal: bool, why: str | None) -> ShownRow:
         action = "reveal" if reveal else "show"
         row = self._row(quarantine_id, action)
-        ctx = self._feed(row.feed, row.tenant)
+        ctx = self.feed_for(row.feed, row.tenant)
         values = ctx.decrypt(row)
         with self.store.session() as s:
             name = file_names(s, [row.file_id]).get(row.file_id, "?")
@@ -207,7 +199,7 @@ class StewardService(CsvExchange, KeyRotation):
             raise StewardError("nothing to change: give at least one column=value")
         row = self._row(quarantine_id, "fix")
         self._require_quarantined(row)
-        ctx = self._feed(row.feed, row.tenant)
+        ctx = self.feed_for(row.feed, row.tenant)
         unknown = sorted(set(changes) - set(ctx.schema.columns))
         if unknown:
             raise StewardError(
@@ -232,7 +224,7 @@ class StewardService(CsvExchange, KeyRotation):
     def discard(self, quarantine_id: int, *, reason: str) -> None:
         """Settle a row for good without loading it (terminal); the reason is required."""
         if not reason or not reason.strip():
-            raise StewardError("discard needs a reason (--reason): it is written to the audit log")
+            raise StewardError("discard needs a reason (--why): it is written to the audit log")
         row = self._row(quarantine_id, "discard")
         self._require_quarantined(row)
         with self.store.session() as s:
@@ -251,89 +243,11 @@ class StewardService(CsvExchange, KeyRotation):
                 reason=reason.strip(),
             )
 
-    # release ------------------------------------------------------------------------------
-
-    def release(
-        self,
-        *,
-        ids: list[int] | None = None,
-        feed: str | None = None,
-        reason: str | None = None,
-        file_id: str | None = None,
-        flow_run_id: str | None = None,
-    ) -> ReleaseReport:
-        """Re-validate rows with the feed's schema and current mapping; load the valid ones.
-
-        Valid rows go to every target of the feed under a new load id, with their
-        original file id and row number as lineage, recorded in a new ledger run
-        (is_rerun); they become released. Invalid ones stay quarantined with their new
-        reasons. Released rows are never selected again, so releasing twice loads once.
-        """
-        if not ids and feed is None and file_id is None:
-            raise StewardError("release needs row ids, a feed or a file")
-        report = ReleaseReport()
-        if ids:
-            with self.store.session() as s:
-                found = rows_by_id(s, ids)
-            candidates = self._checked_rows(found, list(dict.fromkeys(ids)), "release")
-            selected = []
-            for row in candidates:
-                if row.status != QuarantineStatus.QUARANTINED:
-                    report.skipped[row.id] = f"{row.status} already"
-                elif (feed and row.feed != feed) or (file_id and row.file_id != file_id):
-                    report.skipped[row.id] = "outside the feed or file asked for"
-                elif reason and not reason_matches(row.reasons, reason):
-                    report.skipped[row.id] = f"no reason matching {reason}"
-                else:
-                    selected.append(row)
-        else:
-            tenants: list[str] = []
-            if file_id is not None:
-                tenants.append(self._file(file_id, "release").tenant)
-            if feed is not None:
-                tenant = load_feed(feed, self.config_dir).config.tenant
-                self._require(tenant, "release", "feed", [feed])
-                tenants.append(tenant)
-            where = QuarantineFilter(
-                tenants=sorted(set(tenants)), feed=feed, file_id=file_id, reason=reason
-            )
-            with self.store.session() as s:
-                selected = find_rows(s, where)
-        with self.store.session() as s:
-            files = {
-                f.id: f
-                for f in s.scalars(
-                    select(LedgerFile).where(LedgerFile.id.in_({r.file_id for r in selected}))
-                )
-            }
-        by_feed: dict[tuple[str, str], dict[str, list[QuarantinedRow]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        for row in selected:
-            # A file still in a run (or failed) is the nightly run's to finish first:
-            # releasing into it would break its first-run counts.
-            if files[row.file_id].state != FileState.RECONCILED:
-                report.skipped[row.id] = "its file is not reconciled yet"
-                continue
-            by_feed[(row.feed, row.tenant)][row.file_id].append(row)
-        for (feed_name, tenant), rows_by_file in sorted(by_feed.items()):
-            ctx = self._feed(feed_name, tenant)
-            report.runs.append(
-                release_feed_rows(
-                    self.store,
-                    ctx,
-                    actor=self.actor,
-                    files=[(files[f], rows) for f, rows in sorted(rows_by_file.items())],
-                    flow_run_id=flow_run_id,
-                )
-            )
-        return report
-
     # balance and reports ------------------------------------------------------------------
 
     def file_balance(self, file_id: str) -> FileBalance:
         """read = loaded at first run + loaded after fix + still quarantined + discarded."""
-        file = self._file(file_id, "report")
+        file = self.file_for(file_id, "report")
         with self.store.session() as s:
             return balance_of(s, s.get_one(LedgerFile, file.id))
 
@@ -346,7 +260,7 @@ class StewardService(CsvExchange, KeyRotation):
         if self.directory.role(self.actor, run.tenant) is None:
             self._audit_denied(run.tenant, "report", "run", [run_id])
             return None
-        self._require(run.tenant, "report", "run", [run_id])
+        self.require(run.tenant, "report", "run", [run_id])
         stored: dict[str, Any] = dict(run.report or {})
         file_ids = [f["file_id"] for f in stored.get("files", []) if f.get("file_id")]
         with self.store.session() as s:

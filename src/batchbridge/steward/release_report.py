@@ -1,4 +1,4 @@
-"""Release: re-validate quarantined rows with the current rules and report the outcome; no PHI."""
+"""What a release did, per file: rows taken, released, still invalid, loads; no PHI."""
 
 from __future__ import annotations
 
@@ -7,47 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import polars as pl
-
-from batchbridge.tasks.report import TargetCounts
-from batchbridge.validations.base import (
-    REASONS_COLUMN,
-    ROW_COLUMN,
-    FeedSchema,
-    ValidationContext,
-)
+from batchbridge.ledger.run_report import TargetCounts
 
 RELEASE_REPORT_KIND = "quarantine_release"
 """`kind` of a replay run's stored report (a nightly run's report has no kind)."""
-
-
-def rows_frame(
-    rows: Sequence[tuple[int, Mapping[str, str | None]]], columns: Sequence[str]
-) -> pl.DataFrame:
-    """Decrypted rows (row number, values) as the parser would have produced them."""
-    data: dict[str, list[str | None]] = {c: [values.get(c) for _, values in rows] for c in columns}
-    frame = pl.DataFrame(data, schema={c: pl.String for c in columns})
-    return frame.with_columns(
-        pl.Series(ROW_COLUMN, [number for number, _ in rows], dtype=pl.UInt32)
-    )
-
-
-@dataclass(frozen=True)
-class Revalidation:
-    """Rows that now pass (file columns + ROW_COLUMN) and new reasons of those that do not."""
-
-    valid: pl.DataFrame
-    reasons: dict[int, list[str]]
-
-
-def revalidate(frame: pl.DataFrame, schema: FeedSchema, ctx: ValidationContext) -> Revalidation:
-    """Apply the feed's rules (with today's mappings) to rows taken out of quarantine."""
-    result = schema.validate(frame, ctx)
-    reasons = {
-        int(number): [str(r) for r in found]
-        for number, found in result.quarantined.select(ROW_COLUMN, REASONS_COLUMN).iter_rows()
-    }
-    return Revalidation(valid=result.valid, reasons=reasons)
 
 
 @dataclass
