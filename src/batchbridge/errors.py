@@ -33,7 +33,9 @@ never patient values: they end up in logs, Prefect states and alerts.
     │   └── ImportRejectedError               an import file is refused whole
     ├── AuditChainError              exit 11  the audit log's hash chain is broken
     ├── AlertDeliveryError           exit 12  an alert could not be delivered to its webhook
-    └── OrchestratorError            exit 13  the Prefect API could not be started or reached
+    ├── OrchestratorError            exit 13  the Prefect API could not be started or reached
+    └── IdLookupError                exit 2   an id (prefix) typed on the command line is not
+                                              an id, matches nothing, or matches several
 
 A wrong command line (unknown option, bad choice) also exits 2, like a wrong setting;
 an error nobody foresaw (a bug) exits 1 and prints its class name only.
@@ -256,3 +258,15 @@ class OrchestratorError(BatchbridgeError):
 
     exit_code = 13
     reason = "prefect_unavailable"
+
+
+class IdLookupError(BatchbridgeError):
+    """Raised when a run or file id (or id prefix) given on the command line cannot be used.
+
+    `reason` says which: `id_invalid` (not hex digits and dashes, or too short),
+    `id_unknown` (matches nothing) or `id_ambiguous` (matches several: the message lists
+    them). Exit 2, like any other wrong command line.
+    """
+
+    exit_code = 2
+    reason = "id_ambiguous"

@@ -10,9 +10,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from batchbridge.cli.app import main
 from pydantic import SecretStr
 
+from batchbridge.cli.app import main
 from batchbridge.config import AlertsConfig, ArrivalWindow, FeedConfig, LoadedFeed, load_feed
 from batchbridge.connectors.alerts import WebhookClient, check_webhook_url, parse_retry_after
 from batchbridge.connectors.sources.base import RemoteFile

@@ -11,11 +11,11 @@ from typing import Any
 import paramiko
 import pytest
 
+from batchbridge.cli.app import main
 from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.sources.sftp import SftpProbe
 from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
 from batchbridge.errors import HostKeyError, SourceError, TransientSourceError
-from batchbridge.cli.app import main
 from batchbridge.tasks.health_checks import (
     UNPINNED_HOST_KEY,
     CheckResult,

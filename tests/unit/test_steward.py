@@ -124,7 +124,7 @@ def test_list_filters_and_shows_no_values(dana: StewardService, file_id: str) ->
     assert dana.list_rows(status="released") == []
     assert len(dana.list_rows(status=None)) == 5
     with pytest.raises(StewardError, match="unknown status"):
-        dana.list_rows(status="fixed")
+        dana.list_rows(status="fixd")
 
 
 def test_show_is_masked_and_reveal_is_audited(
@@ -409,8 +409,9 @@ def test_discard_is_terminal_and_counted(
     assert release_rows(dana, ids=[row_id]).skipped == {row_id: "discarded already"}
     balance = dana.file_balance(file_id)
     assert balance.discarded == 1 and balance.still_quarantined == 4 and balance.balanced
-    event = _audit(store)[-1]
+    *_, event, balance_view = _audit(store)
     assert event.action == "discard" and event.reason == row.settle_reason
+    assert balance_view.action == "report"  # looking at a balance is audited too
 
 
 def test_other_tenants_rows_are_refused_and_audited(

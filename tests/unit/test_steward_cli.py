@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -12,58 +11,11 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from batchbridge.errors import AccessDeniedError, AuditChainError, StewardError
-from batchbridge.cli.app import main
 from batchbridge.ledger.audit import event_hash
 from batchbridge.ledger.models import AuditEvent
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.steward import LocalLabFeed, build_local_lab_feed
-
-FILE_DATE = date(2026, 11, 20)
-CANARIES = ["Zebulonquix", "Orvillecanary"]
-DANA = "dana.steward@acme-health.example"
-KIM = "kim.admin@acme-health.example"
-EVE = "eve.steward@globex.example"
-
-
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalLabFeed:
-    built = build_local_lab_feed(tmp_path)
-    stewards = tmp_path / "stewards.yaml"
-    stewards.write_text(
-        f"stewards:\n  {DANA}:\n    acme_lab: steward\n  {KIM}:\n    acme_lab: admin\n"
-        f"  {EVE}:\n    globex: steward\n",
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("BATCHBRIDGE_STEWARDS_FILE", str(stewards))
-    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", built.settings.database_url)
-    monkeypatch.setenv("BATCHBRIDGE_ACTOR", DANA)
-    rows = generate_lab_rows(
-        30,
-        seed=11,
-        file_date=FILE_DATE,
-        bad_rows={"missing_last_name": 1, "unmapped_code": 2},
-        canary_names=CANARIES,
-    )
-    built.ingest(rows, file_date=FILE_DATE)
-    return built
-
-
-def _cli(lab: LocalLabFeed, *args: str) -> int:
-    return main([*args, "--config-dir", str(lab.config_dir)])
-
-
-def _listed(
-    lab: LocalLabFeed, capsys: pytest.CaptureFixture[str], *args: str
-) -> list[dict[str, Any]]:
-    capsys.readouterr()
-    assert _cli(lab, "quarantine", "list", "--json", *args) == 0
-    listed: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
-    return listed
-
-
-def _no_canary(text: str) -> None:
-    assert not any(c.lower() in text.lower() for c in CANARIES)
+from batchbridge.testing.steward import LocalLabFeed
+from tests.unit.steward_cli_helpers import EVE, KIM, _cli, _listed, _no_canary
 
 
 def test_list_and_show_print_no_patient_values(
@@ -200,7 +152,8 @@ def audited(lab: LocalLabFeed, capsys: pytest.CaptureFixture[str]) -> LocalLabFe
     for row in _listed(lab, capsys):
         assert _cli(lab, "quarantine", "show", str(row["id"]), "--reveal", "--why", "review") == 0
     assert _cli(lab, "audit", "verify") == 0
-    assert "3 event(s) checked, chain intact" in capsys.readouterr().out
+    # One audited listing, then three audited reveals.
+    assert "4 event(s) checked, chain intact" in capsys.readouterr().out
     return lab
 
 

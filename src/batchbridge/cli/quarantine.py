@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -50,6 +51,19 @@ def parse_sets(sets: list[str]) -> dict[str, str]:
     return changes
 
 
+class ListStatus(StrEnum):
+    """Statuses `quarantine list` filters on."""
+
+    QUARANTINED = "quarantined"
+    FIXED = "fixed"
+    RELEASED = "released"
+    DISCARDED = "discarded"
+    ALL = "all"
+
+
+DEFAULT_LIST_LIMIT = 100
+
+
 @app.command("list")
 def list_command(
     config_dir: ConfigDirOption = None,
@@ -61,25 +75,42 @@ def list_command(
     ] = None,
     reason: ReasonFilter = None,
     status: Annotated[
-        str,
-        typer.Option("--status", help="quarantined, released, discarded or all."),
-    ] = "quarantined",
+        ListStatus,
+        typer.Option(
+            "--status",
+            help="quarantined (fixed ones included), fixed (not yet released), released, "
+            "discarded, or all.",
+        ),
+    ] = ListStatus.QUARANTINED,
+    record_id: Annotated[
+        str | None,
+        typer.Option(
+            "--record-id",
+            help="Only the row(s) with exactly this record id (the search is audited).",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", help="Show at most this many rows (0: all).", min=0)
+    ] = DEFAULT_LIST_LIMIT,
     as_json: JsonOption = False,
 ) -> int:
-    """List quarantined rows: ids, where they came from, reasons (never values)."""
+    """List quarantined rows: ids, where they came from, age, reasons (never values)."""
     with steward_service(config_dir) as service:
-        rows = service.list_rows(
+        page = service.list_page(
             tenant=tenant,
             feed=feed,
             file_id=file_id,
             run_id=run_id,
             reason=reason,
-            status=None if status == "all" else status,
+            status=None if status is ListStatus.ALL else status.value,
+            record_id=record_id,
+            limit=limit or None,
         )
     if as_json:
-        print_json([summary_dict(r) for r in rows])
+        print_json([summary_dict(r) for r in page.rows])
     else:
-        print(render_listing(rows))
+        print(render_listing(page))
     return 0
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from batchbridge.ledger.quarantine_store import FileBalance, QuarantineSummary
+from batchbridge.ledger.quarantine_store import FileBalance, QuarantinePage, QuarantineSummary
 from batchbridge.steward.service import ShownRow
 
 
@@ -20,22 +21,42 @@ def summary_dict(row: QuarantineSummary) -> dict[str, Any]:
         "row_number": row.row_number,
         "reasons": row.reasons,
         "status": row.status,
+        "fixed": row.fixed,
+        "quarantined_at": row.quarantined_at,
     }
 
 
-def render_listing(rows: list[QuarantineSummary]) -> str:
-    """One line per row: id, where it came from, status and reasons (never values)."""
+def age(moment: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, in the largest whole unit: 45s, 12m, 5h, 3d."""
+    if moment is None:
+        return "-"
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or datetime.now(UTC)) - moment).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def render_listing(page: QuarantinePage) -> str:
+    """One line per row: id, where it came from, status, age and reasons (never values)."""
+    rows = page.rows
     if not rows:
         return "no quarantined rows match"
     lines = [
-        f"{'id':>7}  {'tenant':<14} {'feed':<14} {'file':<40} {'row':>7}  {'status':<11}  reasons"
+        f"{'id':>7}  {'tenant':<14} {'feed':<14} {'file':<36} {'row':>7}  {'status':<11} "
+        f"{'age':>4}  reasons"
     ]
     for r in rows:
         lines.append(
-            f"{r.id:>7}  {r.tenant[:14]:<14} {r.feed[:14]:<14} {r.file_name[:40]:<40} "
-            f"{r.row_number:>7}  {r.status:<11}  {', '.join(r.reasons)}"
+            f"{r.id:>7}  {r.tenant[:14]:<14} {r.feed[:14]:<14} {r.file_name[:36]:<36} "
+            f"{r.row_number:>7}  {r.shown_status:<11} {age(r.quarantined_at):>4}  "
+            f"{', '.join(r.reasons)}"
         )
-    lines.append(f"{len(rows)} row(s)")
+    if page.total > len(rows):
+        lines.append(f"{len(rows)} of {page.total} row(s) shown (--limit 0 shows all)")
+    else:
+        lines.append(f"{len(rows)} row(s)")
     return "\n".join(lines)
 
 

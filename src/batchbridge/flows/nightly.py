@@ -275,7 +275,11 @@ def process_file(
         with _timed(timings, "quarantine"):
             cipher = RowCipher(resolve_secret(config.quarantine_key, base_dir=run.loaded.base_dir))
             entries = encrypt_quarantined_rows(
-                result.quarantined, columns=run.schema.columns, cipher=cipher, file_id=claim.file_id
+                result.quarantined,
+                columns=run.schema.columns,
+                cipher=cipher,
+                file_id=claim.file_id,
+                record_column=run.schema.natural_key[0],
             )
             run.store.save_quarantine(
                 tenant=run.tenant,

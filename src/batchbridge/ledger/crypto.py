@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 from batchbridge.errors import BatchbridgeError
 
 _HKDF_INFO = b"batchbridge quarantine row v1"
+_LOOKUP_INFO = b"batchbridge quarantine record lookup v1"
 
 
 class QuarantineDecryptError(BatchbridgeError):
@@ -53,6 +55,14 @@ class RowCipher:
         )
         self._aead = AESGCM(key)
         self.key_id = hashlib.sha256(key).hexdigest()[:16]
+        # A second key from the same secret: a blind index must not reuse the AEAD key.
+        self._lookup_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=_LOOKUP_INFO
+        ).derive(material)
+
+    def lookup_hash(self, value: str) -> str:
+        """Keyed hash of a record id: found again by exact search, unreadable without the key."""
+        return hmac.new(self._lookup_key, value.strip().encode(), hashlib.sha256).hexdigest()
 
     def encrypt(self, row: dict[str, str | None], associated_data: bytes) -> EncryptedRow:
         """Encrypt one row (column -> raw string) under a fresh 96-bit nonce."""
@@ -88,6 +98,10 @@ class QuarantineKeyring:
     @property
     def key_ids(self) -> list[str]:
         return list(self._by_id)
+
+    def lookup_hashes(self, value: str) -> set[str]:
+        """The record-id hash under every known key (rows keep the hash of their key)."""
+        return {cipher.lookup_hash(value) for cipher in self._by_id.values()}
 
     def encrypt(self, row: dict[str, str | None], associated_data: bytes) -> EncryptedRow:
         """Encrypt with the current key."""

@@ -171,6 +171,8 @@ class QuarantinedRow(Base):
     key_id: Mapped[str] = mapped_column(String(32))
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    # Keyed hash (RowCipher.lookup_hash) of the row's record id, for exact search.
+    record_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     released_load_id: Mapped[str | None] = mapped_column(String(36))
     settled_by: Mapped[str | None] = mapped_column(String(128))
     settled_at: Mapped[datetime | None] = mapped_column()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Exists, exists, func, select
 from sqlalchemy.orm import Session
 
 from batchbridge.errors import StewardError
@@ -17,6 +17,17 @@ from batchbridge.ledger.models import (
     QuarantineEdit,
     QuarantineStatus,
 )
+
+FIXED = "fixed"
+"""A listing status: still quarantined, with at least one recorded fix (pending release)."""
+
+LISTING_STATUSES = (
+    QuarantineStatus.QUARANTINED.value,
+    FIXED,
+    QuarantineStatus.RELEASED.value,
+    QuarantineStatus.DISCARDED.value,
+)
+"""Statuses a listing may filter on (`quarantined` includes the fixed ones)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,22 @@ class QuarantineSummary:
     row_number: int
     reasons: list[str]
     status: str
+    quarantined_at: datetime | None = None
+    fixed: bool = False
+    """Still quarantined with at least one recorded fix: waiting for a release."""
+
+    @property
+    def shown_status(self) -> str:
+        """`fixed` for a fixed row not yet released, else the stored status."""
+        return FIXED if self.fixed and self.status == QuarantineStatus.QUARANTINED else self.status
+
+
+@dataclass(frozen=True)
+class QuarantinePage:
+    """The listed rows (at most the asked limit) and how many matched in all."""
+
+    rows: list[QuarantineSummary]
+    total: int
 
 
 @dataclass(frozen=True)
@@ -111,9 +138,12 @@ def reason_matches(reasons: Sequence[str], wanted: str) -> bool:
 
 def check_status(status: str | None) -> None:
     """Refuse a status filter that names no status (a typo would silently list nothing)."""
-    if status is not None and status not in {s.value for s in QuarantineStatus}:
-        known = ", ".join(s.value for s in QuarantineStatus)
-        raise StewardError(f"unknown status {status!r} (known: {known})")
+    if status is not None and status not in LISTING_STATUSES:
+        raise StewardError(f"unknown status {status!r} (known: {', '.join(LISTING_STATUSES)})")
+
+
+def _has_edits() -> Exists:
+    return exists().where(QuarantineEdit.quarantine_id == QuarantinedRow.id)
 
 
 def find_rows(session: Session, where: QuarantineFilter) -> list[QuarantinedRow]:
@@ -128,7 +158,9 @@ def find_rows(session: Session, where: QuarantineFilter) -> list[QuarantinedRow]
         query = query.where(QuarantinedRow.file_id == where.file_id)
     if where.run_id is not None:
         query = query.where(QuarantinedRow.run_id == where.run_id)
-    if where.status is not None:
+    if where.status == FIXED:
+        query = query.where(QuarantinedRow.status == QuarantineStatus.QUARANTINED, _has_edits())
+    elif where.status is not None:
         query = query.where(QuarantinedRow.status == where.status)
     if where.ids is not None:
         query = query.where(QuarantinedRow.id.in_(list(where.ids)))
@@ -158,9 +190,22 @@ def file_names(session: Session, file_ids: Sequence[str]) -> dict[str, str]:
     return {file_id: name for file_id, name in found}
 
 
+def edited_ids(session: Session, ids: Sequence[int]) -> set[int]:
+    """Which of these rows have at least one recorded fix."""
+    if not ids:
+        return set()
+    found = session.scalars(
+        select(QuarantineEdit.quarantine_id)
+        .where(QuarantineEdit.quarantine_id.in_(list(ids)))
+        .distinct()
+    )
+    return set(found)
+
+
 def summarize(session: Session, rows: Sequence[QuarantinedRow]) -> list[QuarantineSummary]:
-    """Listing entries for rows (file names looked up once)."""
+    """Listing entries for rows (file names and fixes looked up once)."""
     names = file_names(session, [row.file_id for row in rows])
+    edited = edited_ids(session, [row.id for row in rows])
     return [
         QuarantineSummary(
             id=row.id,
@@ -172,6 +217,8 @@ def summarize(session: Session, rows: Sequence[QuarantinedRow]) -> list[Quaranti
             row_number=row.row_number,
             reasons=list(row.reasons),
             status=row.status,
+            quarantined_at=row.created_at,
+            fixed=row.id in edited,
         )
         for row in rows
     ]

@@ -46,6 +46,8 @@ class QuarantineEntry:
     row_number: int
     reasons: Sequence[str]
     encrypted: EncryptedRow
+    record_hash: str | None = None
+    """Keyed hash of the row's record id (blind index for exact search); None when blank."""
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,7 @@ class LedgerStore:
                     "key_id": entry.encrypted.key_id,
                     "nonce": entry.encrypted.nonce,
                     "ciphertext": entry.encrypted.ciphertext,
+                    "record_hash": entry.record_hash,
                 }
                 for entry in entries
                 if entry.row_number not in settled

@@ -43,6 +43,12 @@ ROW = "quarantined_row"
 """The audit object type of a quarantined row."""
 
 
+def record_hash(ctx: FeedContext, values: Mapping[str, str | None]) -> str | None:
+    """The blind-index hash of a row's record id under the feed's current key (None: blank)."""
+    record = values.get(ctx.schema.natural_key[0])
+    return ctx.keyring.current.lookup_hash(record) if record and record.strip() else None
+
+
 def _blank(value: str | None) -> str:
     return value or ""
 
@@ -195,6 +201,7 @@ class StewardAccess:
             encrypted.nonce,
             encrypted.ciphertext,
         )
+        row.record_hash = record_hash(ctx, values)
         row.updated_at = utcnow()
         return changed
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from batchbridge.errors import ImportRejectedError, StewardError
 
 ID_COLUMN = "quarantine_id"
+REASONS_COLUMN = "quarantine_reasons"
+"""Why each exported row is quarantined ('column:rule; …'): for the reader, ignored on import."""
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """A spreadsheet treats a cell starting with one of these as a formula (CSV injection)."""
 GUARD = "'"
@@ -51,9 +53,12 @@ def unneutralise(cell: str) -> str:
 
 
 def write_export(
-    path: Path, columns: Sequence[str], rows: Sequence[tuple[int, Mapping[str, str | None]]]
+    path: Path,
+    columns: Sequence[str],
+    rows: Sequence[tuple[int, Mapping[str, str | None]]],
+    reasons: Mapping[int, Sequence[str]] | None = None,
 ) -> int:
-    """Write `quarantine_id` + columns to a new file only its owner can read (0600).
+    """Write `quarantine_id`, its reasons and the columns to a new file only its owner can read.
 
     An existing file is never overwritten (nor a symlink followed): plaintext patient
     data must land exactly where the steward asked, and nowhere else.
@@ -66,9 +71,10 @@ def write_export(
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle, lineterminator="\r\n")
-            writer.writerow([ID_COLUMN, *columns])
+            writer.writerow([ID_COLUMN, REASONS_COLUMN, *columns])
             for quarantine_id, values in rows:
-                writer.writerow([quarantine_id, *(neutralise(values.get(c)) for c in columns)])
+                why = "; ".join((reasons or {}).get(quarantine_id, ()))
+                writer.writerow([quarantine_id, why, *(neutralise(values.get(c)) for c in columns)])
     except BaseException:
         path.unlink(missing_ok=True)  # never leave half a file of patient data behind
         raise
@@ -109,7 +115,9 @@ def read_import(path: Path) -> ImportFile:
         raise ImportRejectedError(f"{path.name}: line 1: malformed CSV header") from None
     if not header or header[0] != ID_COLUMN:
         raise ImportRejectedError(f"{path.name}: the first column must be {ID_COLUMN}")
-    columns = header[1:]
+    # The reasons column is there for the reader: edits to it change nothing.
+    kept = [i for i, name in enumerate(header) if i > 0 and name != REASONS_COLUMN]
+    columns = [header[i] for i in kept]
     if len(set(header)) != len(header):
         raise ImportRejectedError(f"{path.name}: duplicate column names in the header")
     rows: list[ImportRow] = []
@@ -140,6 +148,6 @@ def read_import(path: Path) -> ImportFile:
                 f"{seen[quarantine_id]}"
             )
         seen[quarantine_id] = line
-        values = {c: unneutralise(cell) for c, cell in zip(columns, record[1:], strict=True)}
+        values = {header[i]: unneutralise(record[i]) for i in kept}
         rows.append(ImportRow(line=line, quarantine_id=quarantine_id, values=values))
     return ImportFile(columns=columns, rows=rows)

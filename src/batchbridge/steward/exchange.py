@@ -76,7 +76,9 @@ class CsvExchange(StewardAccess):
                     )
                 # Written inside the audit's transaction: if writing fails the event rolls
                 # back, and if the commit fails the file is removed (no unaudited plaintext).
-                written = write_export(path, columns, decrypted)
+                written = write_export(
+                    path, columns, decrypted, {row.id: list(row.reasons) for row in rows}
+                )
                 created = True
         except BaseException:
             if created:

@@ -9,7 +9,7 @@ from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.crypto import row_associated_data
 from batchbridge.ledger.models import QuarantinedRow, QuarantineEdit
 from batchbridge.ledger.quarantine_store import edit_associated_data, encrypted_of
-from batchbridge.steward.access import StewardAccess
+from batchbridge.steward.access import StewardAccess, record_hash
 
 ROTATE_BATCH = 500
 """Rows re-encrypted per transaction: a long rotation never holds one huge transaction."""
@@ -43,12 +43,14 @@ class KeyRotation(StewardAccess):
                 )
                 for row in batch:
                     aad = row_associated_data(row.file_id, row.row_number)
-                    fresh = ctx.keyring.encrypt(ctx.decrypt(row), aad)
+                    values = ctx.decrypt(row)
+                    fresh = ctx.keyring.encrypt(values, aad)
                     row.key_id, row.nonce, row.ciphertext = (
                         fresh.key_id,
                         fresh.nonce,
                         fresh.ciphertext,
                     )
+                    row.record_hash = record_hash(ctx, values)
             rows_done += len(batch)
             if len(batch) < ROTATE_BATCH:
                 break

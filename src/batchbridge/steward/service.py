@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from batchbridge.access import current_actor, directory_path, load_directory, required_role
 from batchbridge.errors import StewardError
@@ -27,6 +28,7 @@ from batchbridge.ledger.quarantine_store import (
     EditSummary,
     FileBalance,
     QuarantineFilter,
+    QuarantinePage,
     QuarantineSummary,
     balance_of,
     edit_associated_data,
@@ -42,6 +44,7 @@ from batchbridge.steward.access import ROW
 from batchbridge.steward.csv_files import safe_names
 from batchbridge.steward.exchange import CsvExchange
 from batchbridge.steward.keys import KeyRotation
+from batchbridge.steward.search import RecordSearch
 
 __all__ = ["ShownRow", "StewardService", "mask"]
 
@@ -81,7 +84,7 @@ class ShownRow:
     edits: list[EditSummary] = field(repr=False, default_factory=list)
 
 
-class StewardService(CsvExchange, KeyRotation):
+class StewardService(CsvExchange, KeyRotation, RecordSearch):
     """What a data steward can do with quarantined rows; one instance acts as one person."""
 
     @classmethod
@@ -107,6 +110,32 @@ class StewardService(CsvExchange, KeyRotation):
         status: str | None = QuarantineStatus.QUARANTINED,
     ) -> list[QuarantineSummary]:
         """Rows of the actor's tenants matching every filter: ids, reasons, status; no values."""
+        return self.list_page(
+            tenant=tenant,
+            feed=feed,
+            file_id=file_id,
+            run_id=run_id,
+            reason=reason,
+            status=status,
+        ).rows
+
+    def list_page(
+        self,
+        *,
+        tenant: str | None = None,
+        feed: str | None = None,
+        file_id: str | None = None,
+        run_id: str | None = None,
+        reason: str | None = None,
+        status: str | None = QuarantineStatus.QUARANTINED,
+        record_id: str | None = None,
+        limit: int | None = None,
+    ) -> QuarantinePage:
+        """Up to `limit` matching rows and the number matching; the listing is audited.
+
+        `record_id` finds rows by their exact record id (audited as a search, see
+        steward.search); the other filters narrow further.
+        """
         if tenant is not None:
             self.require(tenant, "list", "tenant", [tenant])
             tenants = [tenant]
@@ -114,6 +143,9 @@ class StewardService(CsvExchange, KeyRotation):
             tenants = self.directory.tenants(self.actor, required_role("list"))
         if feed is not None and (feed_tenant := self._feed_tenant(feed)) is not None:
             self.require(feed_tenant, "list", "feed", [feed])
+        ids = None
+        if record_id is not None:
+            ids = self.find_record_ids(record_id, tenants=tenants, feed=feed)
         where = QuarantineFilter(
             tenants=tenants,
             feed=feed,
@@ -121,9 +153,34 @@ class StewardService(CsvExchange, KeyRotation):
             run_id=run_id,
             reason=reason,
             status=status,
+            ids=ids,
         )
         with self.store.session() as s:
-            return summarize(s, find_rows(s, where))
+            found = find_rows(s, where)
+            shown = summarize(s, found if limit is None else found[:limit])
+            filters = {
+                name: value
+                for name, value in (
+                    ("feed", feed),
+                    ("file_id", file_id),
+                    ("run_id", run_id),
+                    ("reason", reason),
+                    ("status", status),
+                    ("limit", limit),
+                )
+                if value is not None
+            }
+            for listed_tenant in tenants:
+                append_event(
+                    s,
+                    actor=self.actor,
+                    action="list",
+                    tenant=listed_tenant,
+                    object_type=ROW,
+                    object_ids=[r.id for r in shown if r.tenant == listed_tenant],
+                    details={"filters": filters, "matched": len(found)},
+                )
+        return QuarantinePage(rows=shown, total=len(found))
 
     def show(self, quarantine_id: int) -> ShownRow:
         """A row with masked values (first character + length), its reasons and edits."""
@@ -249,6 +306,7 @@ class StewardService(CsvExchange, KeyRotation):
         """read = loaded at first run + loaded after fix + still quarantined + discarded."""
         file = self.file_for(file_id, "report")
         with self.store.session() as s:
+            self._audit_report(s, file.tenant, "file", file.id)
             return balance_of(s, s.get_one(LedgerFile, file.id))
 
     def run_report(self, run_id: str) -> dict[str, Any] | None:
@@ -264,8 +322,19 @@ class StewardService(CsvExchange, KeyRotation):
         stored: dict[str, Any] = dict(run.report or {})
         file_ids = [f["file_id"] for f in stored.get("files", []) if f.get("file_id")]
         with self.store.session() as s:
+            self._audit_report(s, run.tenant, "run", run.id)
             balances = [
                 balance_of(s, file).to_dict()
                 for file in s.scalars(select(LedgerFile).where(LedgerFile.id.in_(file_ids)))
             ]
         return {"run_id": run.id, "status": run.status, "report": stored, "balances": balances}
+
+    def _audit_report(self, s: Session, tenant: str, object_type: str, object_id: str) -> None:
+        append_event(
+            s,
+            actor=self.actor,
+            action="report",
+            tenant=tenant,
+            object_type=object_type,
+            object_ids=[object_id],
+        )

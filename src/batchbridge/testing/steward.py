@@ -156,7 +156,11 @@ def ingest_frame(loaded: LoadedFeed, settings: Settings, rows: pl.DataFrame, *, 
         result = validated.result
         cipher = RowCipher(resolve_secret(config.quarantine_key, base_dir=loaded.base_dir))
         entries = encrypt_quarantined(
-            result.quarantined, columns=schema.columns, cipher=cipher, file_id=claim.file_id
+            result.quarantined,
+            columns=schema.columns,
+            cipher=cipher,
+            file_id=claim.file_id,
+            record_column=schema.natural_key[0],
         )
         store.save_quarantine(
             tenant=config.tenant,
