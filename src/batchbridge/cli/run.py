@@ -15,6 +15,7 @@ from batchbridge.cli.params import (
     split_values,
 )
 from batchbridge.cli.prefect_env import prefect_api
+from batchbridge.cli.progress_display import terminal_progress, wants_progress
 from batchbridge.config import load_feed
 from batchbridge.errors import BatchbridgeError, RunFailedError
 from batchbridge.ledger.models import RunStatus
@@ -24,13 +25,18 @@ from batchbridge.settings import Settings, load_settings
 
 
 def run_feed_once(
-    feed: str, settings: Settings, *, files: list[str] | None, force: bool
+    feed: str,
+    settings: Settings,
+    *,
+    files: list[str] | None,
+    force: bool,
+    show_progress: bool = False,
 ) -> tuple[RunReport, str]:
     """Run the nightly flow once in this process; the report and the run's final status."""
     # Prefect (and Polars, through the flow's tasks) load only for commands that run flows.
     from batchbridge.flows.nightly import nightly_feed
 
-    with prefect_api():
+    with prefect_api(), terminal_progress(show_progress):
         state = nightly_feed(
             feed=feed,
             config_dir=str(settings.config_dir),
@@ -71,7 +77,13 @@ def run_feed_command(
 
     settings = load_settings(config_dir)
     require_ready(load_feed(feed, settings.config_dir))
-    report, status = run_feed_once(feed, settings, files=split_values(files) or None, force=force)
+    report, status = run_feed_once(
+        feed,
+        settings,
+        files=split_values(files) or None,
+        force=force,
+        show_progress=wants_progress(quiet=quiet, as_json=as_json),
+    )
     failed = status != RunStatus.SUCCEEDED
     if as_json:
         print_json(report.to_dict())

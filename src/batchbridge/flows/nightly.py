@@ -15,6 +15,7 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from batchbridge import progress
 from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.decryptors.base import Decryptor
 from batchbridge.connectors.decryptors.registry import build_decryptor
@@ -58,10 +59,19 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+def _timed(
+    timings: dict[str, float],
+    stage: str,
+    *,
+    file: str,
+    total: int | None = None,
+    unit: str = "rows",
+) -> Iterator[None]:
+    """Time a stage of a file into `timings`, and show it on a watching terminal."""
     started = time.perf_counter()
     try:
-        yield
+        with progress.stage(file, stage, total=total, unit=unit):
+            yield
     finally:
         timings[stage] = round(timings.get(stage, 0.0) + time.perf_counter() - started, 3)
 
@@ -230,7 +240,7 @@ def process_file(
     try:
         check_listing(config.contract, remote, timezone=config.timezone)
         stage = "fetch"
-        with _timed(timings, "fetch"):
+        with _timed(timings, "fetch", file=remote.name, total=remote.size, unit="bytes"):
             staging = feed_staging_dir(run.settings.staging_dir, run.tenant, run.feed)
             fetched = fetch_file(run.source, remote, staging)
         fetched_path = fetched.local_path
@@ -243,7 +253,7 @@ def process_file(
         crash_point("after_fetch_ledger")
 
         stage = "decrypt"
-        with _timed(timings, "decrypt"):
+        with _timed(timings, "decrypt", file=remote.name, unit="bytes"):
             plaintext = decrypt_file(run.decryptor, fetched)
         crash_point("after_decrypt")
         run.store.advance_file(
@@ -257,8 +267,9 @@ def process_file(
         vctx = ValidationContext(
             tenant=run.tenant, file_date=file_date, timezone=config.timezone, mappings=run.mappings
         )
-        with _timed(timings, "validate"):
+        with _timed(timings, "validate", file=remote.name):
             validated = validate_file(plaintext.data, config.format, run.schema, vctx)
+            progress.finished_with(validated.rows_read)
         crash_point("after_validate")
         del plaintext  # the bytes are patient data: drop them as soon as they are parsed
         check_declared_count(config.contract, validated.rows_declared)
@@ -272,7 +283,7 @@ def process_file(
         report.quarantine_reasons = count_reasons(result.quarantined)
 
         stage = "quarantine"
-        with _timed(timings, "quarantine"):
+        with _timed(timings, "quarantine", file=remote.name, total=rows_quarantined):
             cipher = RowCipher(resolve_secret(config.quarantine_key, base_dir=run.loaded.base_dir))
             entries = encrypt_quarantined_rows(
                 result.quarantined,
@@ -308,7 +319,7 @@ def process_file(
             .get_secret_value()
             .encode(),
         )
-        with _timed(timings, "transform"):
+        with _timed(timings, "transform", file=remote.name, total=rows_valid):
             rows = transform_rows(result.valid, run.schema, tctx)
         crash_point("after_transform")
         full_snapshot, kept_keys = snapshot_scope(run, remote.name, result.quarantined)
@@ -322,7 +333,7 @@ def process_file(
             run.store.record_load(run_id=run.run_id, file_id=claim.file_id, load=done.record())
             report.targets[done.result.target] = done.counts()
 
-        with _timed(timings, "load"):
+        with _timed(timings, "load", file=remote.name, total=rows_valid):
             loads = load_into_targets(
                 run.target_columns,
                 tenant=run.tenant,
@@ -356,7 +367,7 @@ def process_file(
 
         report.outcome = "reconciled"
         stage = "archive"
-        with _timed(timings, "archive"):
+        with _timed(timings, "archive", file=remote.name):
             archive_remote(run.source, remote, report)
         crash_point("after_archive")
     except BatchbridgeError as exc:
@@ -410,10 +421,12 @@ def _process_feed(
                 stack.callback(target.close)
                 run.targets.append(target)
             stage = "discover"
-            source = open_source(loaded)
-            stack.callback(source.close)
-            run.source = source
-            ready = list_ready_files(source)
+            with progress.stage(config.feed, "discover", unit="files"):
+                source = open_source(loaded)
+                stack.callback(source.close)
+                run.source = source
+                ready = list_ready_files(source)
+                progress.finished_with(len(ready))
             crash_point("after_discover")
             done = {
                 r.name: store.is_done(

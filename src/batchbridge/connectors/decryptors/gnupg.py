@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from batchbridge import progress
 from batchbridge.connectors.decryptors.base import (
     DecryptorKeys,
     DecryptorLimits,
@@ -270,6 +271,7 @@ class GnuPGDecryptor:
                         reason="compression_ratio",
                     )
                 chunks.append(chunk)
+                progress.advance(len(chunk))
                 crash_point("mid_decrypt")
         return b"".join(chunks)
 

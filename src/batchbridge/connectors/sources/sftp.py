@@ -24,6 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from batchbridge import progress
 from batchbridge.config import SftpSourceConfig
 from batchbridge.connectors.sftp_connect import (
     SftpSession,
@@ -250,6 +251,7 @@ class SftpSource:
                 if not chunk:
                     break
                 staged.write(chunk)
+                progress.advance(len(chunk))
                 crash_point("mid_download")
                 remaining -= len(chunk)
             return staged.commit()
