@@ -6,7 +6,9 @@ never patient values: they end up in logs, Prefect states and alerts.
     BatchbridgeError                 exit 1
     ├── ConfigError                  exit 2   a feed file or setting is wrong
     │   ├── FeedNotFoundError                 no such feed YAML
-    │   └── SecretNotFoundError               a secret reference resolves to nothing
+    │   ├── SecretNotFoundError               a secret reference resolves to nothing
+    │   ├── LedgerNotFoundError               a command that reads the ledger found none there
+    │   └── StewardsFileError                 the steward directory is missing or unreadable
     ├── SourceError                  exit 3   the partner's server or a remote file
     │   ├── HostKeyError                      host key unknown or changed (pinning)
     │   ├── UnsafeRemoteNameError             traversal, separators, control chars, symlinks
@@ -34,6 +36,7 @@ never patient values: they end up in logs, Prefect states and alerts.
     ├── AuditChainError              exit 11  the audit log's hash chain is broken
     ├── AlertDeliveryError           exit 12  an alert could not be delivered to its webhook
     ├── OrchestratorError            exit 13  the Prefect API could not be started or reached
+    ├── HealthCheckError             exit 14  a health check of a feed failed
     └── IdLookupError                exit 2   an id (prefix) typed on the command line is not
                                               an id, matches nothing, or matches several
 
@@ -73,6 +76,26 @@ class SecretNotFoundError(ConfigError):
     """Raised when a secret reference (env:, file:, prefect-secret:) resolves to nothing."""
 
     reason = "secret_missing"
+
+
+class LedgerNotFoundError(ConfigError):
+    """Raised when a command that only uses an existing ledger finds no ledger at its URL.
+
+    No SQLite file (nothing is created), or a database without the ledger's tables. The
+    message names the URL with its password masked.
+    """
+
+    reason = "ledger_not_found"
+
+
+class StewardsFileError(ConfigError):
+    """Raised when the steward directory (stewards.yaml) is missing or cannot be read.
+
+    The message names the path and how it was chosen. `reason` is `stewards_file_missing`
+    or `stewards_file_unreadable`.
+    """
+
+    reason = "stewards_file_missing"
 
 
 class SourceError(BatchbridgeError):
@@ -194,7 +217,7 @@ class StageCrashedError(BatchbridgeError):
 
 
 class RunFailedError(BatchbridgeError):
-    """Raised at the end of a run in which one or more files failed; the report is written."""
+    """Raised when a run finished with one or more failed files (the report is written)."""
 
     exit_code = 9
     reason = "run_failed"
@@ -270,3 +293,10 @@ class IdLookupError(BatchbridgeError):
 
     exit_code = 2
     reason = "id_ambiguous"
+
+
+class HealthCheckError(BatchbridgeError):
+    """Raised when a feed's health check failed (tonight's run would fail): names the checks."""
+
+    exit_code = 14
+    reason = "health_check_failed"

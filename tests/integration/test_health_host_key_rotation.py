@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
 from batchbridge.cli.app import main
+from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
 from batchbridge.tasks.health_checks import run_feed_checks
 from batchbridge.testing.scenario import LabFeedScenario
 from batchbridge.testing.sshd import SshdServer
@@ -25,7 +25,7 @@ def test_health_check_reports_a_changed_host_key(
 
     code = main(["health", scenario.feed, "--config-dir", str(scenario.config_dir)])
     out = capsys.readouterr().out
-    assert code == 1, out
+    assert code == 14, out  # HealthCheckError
     checks = {c.name: c for c in run_feed_checks(scenario.feed, scenario.config_dir).checks}
     host_key = checks["sftp.host_key"]
     assert host_key.severity == "error" and not host_key.ok

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import yaml
 
-from batchbridge.config import load_feed
 from batchbridge.cli.app import main
+from batchbridge.config import load_feed
 from batchbridge.flows.health import health_check
 from batchbridge.tasks.health_checks import run_feed_checks
 from batchbridge.testing.lab_data import generate_lab_rows
@@ -157,8 +157,9 @@ def test_dry_run_reports_unmapped_codes_and_loads_nothing(
         str(scenario.config_dir),
     ]
 
-    assert main(args) == 0
+    assert main(args) == 9  # 4 of 40 quarantined: over the feed's 5% alert threshold
     text = capsys.readouterr()
+    assert "over threshold" in text.out + text.err
     assert "ZZ-NOT-IN-MAP" in text.out
     line = next(line for line in text.out.splitlines() if line.strip().endswith("ZZ-NOT-IN-MAP"))
     assert line.split() == ["3", "ZZ-NOT-IN-MAP"]
@@ -166,7 +167,7 @@ def test_dry_run_reports_unmapped_codes_and_loads_nothing(
     assert "36 valid, 4 quarantined" in text.out
     assert "1 unmapped on 3 of 40 rows (7.5%)" in text.out
 
-    assert main([*args, "--json"]) == 0
+    assert main([*args, "--json"]) == 9
     report = json.loads(capsys.readouterr().out)
     (coverage,) = report["coverage"]
     assert coverage["unmapped"] == {"ZZ-NOT-IN-MAP": 3}
@@ -209,7 +210,8 @@ def test_dry_run_of_a_plaintext_sample_warns(
         )
     )
     args = ["onboard", "dry-run", scenario.feed, str(sample), "--plaintext"]
-    assert main([*args, "--config-dir", str(scenario.config_dir)]) == 0
+    # 2 of 12 quarantined is over the 5% threshold: the dry run says so and exits 9.
+    assert main([*args, "--config-dir", str(scenario.config_dir)]) == 9
     captured = capsys.readouterr()
     assert "must be synthetic" in captured.err
     assert "decrypt + verify  skipped" in captured.out

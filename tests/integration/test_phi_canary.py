@@ -15,8 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, TaskRunSort
 from pydantic import BaseModel
 
-from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.cli.app import main
+from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.ledger.crypto import EncryptedRow, RowCipher, row_associated_data
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv

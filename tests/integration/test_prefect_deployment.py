@@ -15,13 +15,13 @@ from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from batchbridge.cli.deploy import deploy_command
 from batchbridge.flows.deploy import (
     CHECKOUT_ENV,
     PULL_STEP,
     WORK_POOL,
     tenant_queue,
 )
-from batchbridge.cli.deploy import deploy_command
 from batchbridge.ledger.run_report import RunReport
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.testing.keys import write_secret_file

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from batchbridge.cli.app import main
 from sqlalchemy import select
 
+from batchbridge.cli.app import main
 from batchbridge.errors import AccessDeniedError, QuarantineRowNotFoundError
 from batchbridge.ledger.audit import verify_chain
 from batchbridge.ledger.crypto import QuarantineDecryptError

@@ -534,3 +534,20 @@ def test_cli_test_alert_exit_code_when_the_webhook_refuses(
     receiver.fail_next(1, 403)
     assert main(["alerts", "test", "lab_results", "--config-dir", str(FEEDS_DIR)]) == 12
     assert "alert_webhook_refused" in capsys.readouterr().err
+
+
+def test_arrival_line_never_prints_none() -> None:
+    from batchbridge.cli.alerts import arrival_line
+
+    base = {"late": False, "kinds": [], "alerts": 0, "alerts_undelivered": 0}
+    not_configured = arrival_line("lab_results", {**base, "deadline": None, "files_seen": None})
+    not_due = arrival_line(
+        "lab_results", {**base, "deadline": "2026-11-20T08:00:00-06:00", "files_seen": None}
+    )
+    late = arrival_line(
+        "lab_results",
+        {**base, "deadline": "x", "files_seen": 0, "late": True, "kinds": ["late_file"]},
+    )
+    assert "None" not in not_configured + not_due + late
+    assert "no file expected today" in not_configured and "not due yet" in not_due
+    assert "file LATE; files seen 0" in late and "(late_file)" in late

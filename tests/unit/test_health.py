@@ -360,6 +360,6 @@ def test_health_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "feed lab_results (tenant acme_lab): OK" in capsys.readouterr().out
     assert main(["health", "nope", "--config-dir", str(feeds)]) == 2
     (tmp_path / "secrets" / "pseudonym").unlink()
-    assert main(["health", "lab_results", "--config-dir", str(feeds)]) == 1
+    assert main(["health", "lab_results", "--config-dir", str(feeds)]) == 14  # HealthCheckError
     out = capsys.readouterr().out
     assert "FAILED   secrets" in out and "file:../secrets/pseudonym" in out

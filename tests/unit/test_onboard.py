@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from datetime import date
@@ -12,17 +13,24 @@ import paramiko
 import polars as pl
 import pytest
 
-from batchbridge.config import load_feed
+from batchbridge.cli.app import main
+from batchbridge.cli.onboard_deploy import deploy_command
+from batchbridge.cli.onboard_host_key import host_key_command
+from batchbridge.config import UNPINNED_HOST_KEY, load_feed
 from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
 from batchbridge.errors import ConfigError, HostKeyError
-from batchbridge.cli.app import main
-from batchbridge.cli.onboard import deploy_command, host_key_command
-from batchbridge.onboarding.dry_run import display_code, mapping_coverage
+from batchbridge.onboarding.dry_run import (
+    COUNT_COLUMN,
+    display_code,
+    mapping_coverage,
+    unmapped_template,
+)
 from batchbridge.onboarding.feed_yaml import replace_host_keys
 from batchbridge.onboarding.host_keys import HOST_KEY_FAMILIES, key_line, offered_host_keys
-from batchbridge.tasks.health_checks import UNPINNED_HOST_KEY
 from batchbridge.testing.keys import generate_ed25519
-from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
+from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
+from batchbridge.validations.lab_results import MAPPING_COLUMNS
+from batchbridge.validations.mapping import load_mapping
 from tests.unit.feed_helpers import write_feed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,7 +185,8 @@ def test_pin_needs_confirmation_the_right_host_and_an_offered_fingerprint(
     common: dict[str, Any] = {"config_dir": config_dir, "fetch": fetch, "pin_feed": "globex_lab"}
 
     assert host_key_command("sftp.globex.example", 2222, **common) == 2
-    assert load_feed("globex_lab", config_dir).config.source.host_keys == [UNPINNED_HOST_KEY]
+    unpinned = load_feed("globex_lab", config_dir).config.source
+    assert unpinned.kind == "sftp" and unpinned.host_keys == [UNPINNED_HOST_KEY]
     with pytest.raises(ConfigError, match=r"connects to sftp\.globex\.example:2222"):
         host_key_command("evil.example", 2222, confirmed=True, **common)
     with pytest.raises(HostKeyError, match="does not offer the confirmed"):
@@ -236,7 +245,7 @@ def test_plaintext_dry_run_reports_coverage_and_never_prints_patients(
     sample.write_bytes(render_lab_csv(frame))
     args = ["onboard", "dry-run", "lab_results", str(sample), "--plaintext", "--config-dir"]
 
-    assert main([*args, str(feeds)]) == 0
+    assert main([*args, str(feeds)]) == 9  # 4 of 30 rows: over the 5% alert threshold
     captured = capsys.readouterr()
     assert "must be synthetic" in captured.err
     assert "4 unmapped" not in captured.out  # one code, four rows
@@ -244,6 +253,85 @@ def test_plaintext_dry_run_reports_coverage_and_never_prints_patients(
     assert "26 valid, 4 quarantined" in captured.out
     assert canary not in captured.out + captured.err
     assert not (tmp_path / "warehouse.db").exists()  # nothing loaded, no target opened
+    (over,) = [line for line in captured.out.splitlines() if "quarantine_rate_threshold" in line]
+    assert over.startswith("over threshold: 13.3% of rows quarantined (4 of 30)")
+    assert "quarantine_rate_threshold 5.0%" in over and over.endswith("(exit 9)")
+
+
+def sample_with(tmp_path: Path, rows: int, bad: dict[str, int], **kw: Any) -> Path:
+    frame = generate_lab_rows(rows, seed=5, file_date=FILE_DATE, bad_rows=bad, **kw)
+    sample = tmp_path / "LAB_RESULTS_ACME_20261120.csv"
+    sample.write_bytes(render_lab_csv(frame))
+    return sample
+
+
+def test_dry_run_exit_follows_the_feed_quarantine_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = sample_with(tmp_path, 40, {"bad_npi": 2})  # 5%: not over 5%
+    feeds = write_feed(tmp_path)
+    args = ["onboard", "dry-run", "lab_results", str(sample), "--plaintext", "--config-dir"]
+    assert main([*args, str(feeds)]) == 0
+    assert "quarantine_rate_threshold" not in capsys.readouterr().out
+
+    write_feed(tmp_path, extra={"alerts": {"quarantine_rate_threshold": 0.01}})
+    assert main([*args, str(feeds), "--json"]) == 9
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout stays JSON; the one line goes to stderr
+    assert report["over_threshold"] is True and report["exit_code"] == 9
+    assert "above alerts.quarantine_rate_threshold 1.0%" in captured.err
+
+
+def test_unmapped_out_writes_a_template_of_codes_only_and_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    canary = "CANARY-OPHELIA-VANTABLACK"
+    sample = sample_with(tmp_path, 60, {"unmapped_code": 5}, canary_names=[canary])
+    feeds = write_feed(tmp_path)
+    out = tmp_path / "to_map.csv"
+    args = ["onboard", "dry-run", "lab_results", str(sample), "--plaintext"]
+    code = main([*args, "--unmapped-out", str(out), "--config-dir", str(feeds)])
+    assert code == 9  # 5 of 60 rows quarantined is over 5%
+    assert f"wrote {out}" in capsys.readouterr().out
+    text = out.read_text(encoding="utf-8")
+    assert canary not in text
+    header, *rows = text.splitlines()
+    assert header.split(",") == [*MAPPING_COLUMNS, COUNT_COLUMN]  # the table's own order
+    assert rows and all(row.split(",")[1:4] == ["", "", ""] for row in rows)  # to fill in
+    assert sum(int(row.rsplit(",", 1)[1]) for row in rows) == 5
+    codes = [row.split(",")[0] for row in rows]
+    assert codes and not set(codes) & set(mapping_frame()["local_test_code"])
+
+    # Filled in, the template loads as a mapping table: the count column is an extra
+    # column, kept by load_mapping and read by no schema.
+    filled = tmp_path / "filled.csv"
+    filled.write_text(
+        header + "\n" + "".join(f"{c},1-1,Test {c},false,3\n" for c in codes), encoding="utf-8"
+    )
+    table = load_mapping(filled, MAPPING_COLUMNS)
+    assert table["local_test_code"].to_list() == codes and COUNT_COLUMN in table.columns
+    # Left empty, it does not: nobody loads a half-filled template by mistake.
+    with pytest.raises(ConfigError, match="is blank"):
+        load_mapping(out, MAPPING_COLUMNS)
+
+    before = out.read_bytes()
+    code = main([*args, "--unmapped-out", str(out), "--config-dir", str(feeds)])
+    assert code == 2 and "not overwriting" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_unmapped_template_leaves_out_formula_codes() -> None:
+    coverage = mapping_coverage(
+        pl.Series(["=HYPERLINK(1)", "XX", "XX", "@SUM", "+1", "-2", "YY"]),
+        pl.Series(["GLU"]),
+        mapping="local_test_code",
+        column="local_test_code",
+        table="t.csv",
+        table_columns=MAPPING_COLUMNS,
+    )
+    text, left_out = unmapped_template(coverage)
+    assert text.splitlines()[1:] == ["XX,,,,2", "YY,,,,1"]
+    assert sorted(left_out) == ["+1", "-2", "=HYPERLINK(1)", "@SUM"]
 
 
 def test_plaintext_dry_run_of_a_broken_file_fails_whole(

@@ -186,3 +186,14 @@ def test_ids_are_positional_and_may_be_comma_separated(
     err = capsys.readouterr().err
     assert err.startswith("error [usage]:") and "x1" not in err
     assert all(c.lower() not in err.lower() for c in CANARIES)
+
+
+def test_run_and_file_filters_take_unique_prefixes(
+    lab: LocalLabFeed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = _listed(lab, capsys)[0]
+    by_run = _listed(lab, capsys, "--run", row["run_id"][:8])
+    by_file = _listed(lab, capsys, "--file", row["file_id"][:6])
+    assert len(by_run) == len(by_file) == 3
+    assert _cli(lab, "quarantine", "list", "--run", "ffffffff") == 2
+    assert "no run id starts with ffffffff" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import typer
 
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, FeedArgument, JsonOption, QuietOption
-from batchbridge.cli.prefect_env import prefect_api
+from batchbridge.cli.prefect_env import ensure_prefect_home, prefect_api
 from batchbridge.config import load_feed
 from batchbridge.errors import ConfigError
 from batchbridge.monitoring.arrival_rules import parse_now
@@ -58,6 +58,7 @@ def check_arrivals_command(
     quiet: QuietOption = False,
 ) -> int:
     """Alert when the feed's file is late for its window or a key nears expiry."""
+    ensure_prefect_home()  # before Prefect first loads and reads it
     # The check is a Prefect flow: Prefect loads only for the commands that run one.
     from batchbridge.flows.arrivals import check_arrivals
 

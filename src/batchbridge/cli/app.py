@@ -29,6 +29,8 @@ from batchbridge.cli import (
     quarantine,
     report,
     run,
+    runs,
+    server,
 )
 from batchbridge.cli.output import print_error
 from batchbridge.cli.prefect_env import set_prefect_defaults
@@ -54,9 +56,20 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def exit_code_lines() -> list[str]:
+    """Every exit code with what it means, read off the error tree (its one source)."""
+    found = {0: "success", 1: "unexpected error (a bug: its class name is printed)"}
+    for error in BatchbridgeError.__subclasses__():
+        summary = (error.__doc__ or "").strip().splitlines()[0].removeprefix("Raised when ")
+        found.setdefault(error.exit_code, summary.rstrip("."))
+    found[2] = f"{found[2]}, or a wrong command line"
+    return [f"{code}: {what}" for code, what in sorted(found.items())]
+
+
 app = typer.Typer(
     name="batchbridge",
     help="Nightly PGP-encrypted partner files from SFTP to loaded, reconciled, audited results.",
+    epilog="Exit codes: " + "; ".join(exit_code_lines()) + ".",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -75,13 +88,7 @@ def root(
         ),
     ] = False,
 ) -> None:
-    """Nightly PGP-encrypted partner files from SFTP to loaded, reconciled, audited results.
-
-    Exit codes: 0 ok; 1 unexpected; 2 configuration or usage; 3 source; 4 decrypt/verify;
-    5 file rejected; 6 target; 7 counts unbalanced; 8 stage crashed; 9 run finished with
-    failed files; 10 steward action refused; 11 audit chain broken; 12 alert not
-    delivered; 13 Prefect API unavailable.
-    """
+    """Nightly PGP-encrypted partner files from SFTP to loaded, reconciled, audited results."""
 
 
 app.command("run", help="Run one feed once (a Prefect flow run) and print its report.")(
@@ -89,6 +96,7 @@ app.command("run", help="Run one feed once (a Prefect flow run) and print its re
 )
 app.add_typer(feeds.app, name="feeds")
 app.add_typer(quarantine.app, name="quarantine")
+app.add_typer(runs.app, name="runs")
 app.command("report", help="A run's report, or a ledger file's balance, by id.")(
     report.report_command
 )
@@ -102,6 +110,7 @@ app.command("deploy", help="Generate deployments/prefect.yaml from the feeds (--
     deploy.deploy_command
 )
 app.add_typer(onboard.app, name="onboard")
+app.add_typer(server.app, name="server")
 app.command("demo", help="End-to-end demo on embedded defaults (SFTP, SQLite, Prefect).")(
     demo.demo_command
 )

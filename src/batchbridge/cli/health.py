@@ -9,11 +9,8 @@ import typer
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption, QuietOption
 from batchbridge.config import list_feeds, load_feed
-from batchbridge.errors import ConfigError
+from batchbridge.errors import ConfigError, HealthCheckError
 from batchbridge.settings import load_settings
-
-HEALTH_FAILED_EXIT = 1
-"""`batchbridge health` exit code when a check failed (warnings exit 0)."""
 
 
 def health_command(
@@ -24,7 +21,7 @@ def health_command(
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> int:
-    """Check feeds can run tonight: host keys, logins, PGP keys, targets (exit 1 on failure)."""
+    """Check feeds can run tonight: host keys, logins, PGP keys, targets (exit 14 on failure)."""
     # The checks log in to partners and targets: paramiko and the drivers load only here.
     from batchbridge.tasks.health_checks import run_feed_checks
     from batchbridge.tasks.health_report import render_health_text
@@ -43,4 +40,4 @@ def health_command(
         print_json([health.to_dict() for health in results])
     elif not quiet or failed:
         print("\n\n".join(render_health_text(health) for health in results))
-    return HEALTH_FAILED_EXIT if failed else 0
+    return HealthCheckError.exit_code if failed else 0

@@ -2,33 +2,30 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import yaml
 
+from batchbridge.cli.onboard_deploy import deploy_command
+from batchbridge.cli.onboard_host_key import host_key_command
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, FeedArgument, JsonOption, split_values
 from batchbridge.config import feed_path, load_feed
-from batchbridge.errors import ConfigError, HostKeyError
+from batchbridge.errors import ConfigError
 from batchbridge.settings import load_settings
 
 if TYPE_CHECKING:
-    import paramiko
-
+    from batchbridge.onboarding.dry_run import DryRunReport
     from batchbridge.onboarding.feed_yaml import ScaffoldRequest
 
 PLAINTEXT_WARNING = (
     "WARNING: --plaintext reads the sample unencrypted. Plaintext samples must be synthetic "
     "(made-up patients): real patient data never rests on disk in clear."
 )
-
-Runner = Callable[..., "subprocess.CompletedProcess[Any]"]
 
 app = typer.Typer(
     help="Onboard a new partner feed: scaffold, host key, dry run, deploy.", no_args_is_help=True
@@ -38,14 +35,28 @@ app = typer.Typer(
 # -- scaffold -------------------------------------------------------------------------
 
 
-def scaffold_command(request: ScaffoldRequest, *, config_dir: Path | None) -> int:
-    """Write `<config_dir>/<feed>.yaml` (never overwriting) and empty mapping tables."""
+def scaffold_command(
+    request: ScaffoldRequest, *, config_dir: Path | None, stewards: Sequence[str] = ()
+) -> int:
+    """Write `<config_dir>/<feed>.yaml` (never overwriting) and empty mapping tables.
+
+    Lists every secret the rendered config references; gives each `stewards` entry
+    (PERSON[:ROLE]) its role for the tenant in the steward directory, else prints how.
+    """
+    # The YAML renderer reads the schema modules (pandera, polars): loaded for this step only.
+    from batchbridge.access import directory_path
     from batchbridge.onboarding.feed_yaml import (
         mapping_header,
         render_feed_yaml,
-        secret_name,
         validate_feed_text,
         write_new_file,
+    )
+    from batchbridge.onboarding.secrets_needed import render_secrets_needed, secrets_needed
+    from batchbridge.onboarding.stewards_file import (
+        manual_steward_lines,
+        parse_grant,
+        plan_stewards_edit,
+        write_stewards_edit,
     )
     from batchbridge.validations.registry import get_schema
 
@@ -54,10 +65,14 @@ def scaffold_command(request: ScaffoldRequest, *, config_dir: Path | None) -> in
     path = feed_path(request.feed, settings.config_dir)
     if path.exists():
         raise ConfigError(f"{path} already exists; not overwriting it")
+    grants = [parse_grant(value) for value in split_values(stewards)]
     text = render_feed_yaml(
         request, config_dir=settings.config_dir, today=datetime.now(UTC).date().isoformat()
     )
     config = validate_feed_text(text, request.feed)
+    stewards_file = directory_path(settings.config_dir)
+    # Planned (and checked) before anything is written: a bad steward file stops here.
+    edit = plan_stewards_edit(stewards_file, config.tenant, grants) if grants else None
     write_new_file(path, text)
     print(f"wrote {path} (feed {config.feed}, tenant {config.tenant}, schema {schema.name})")
     for name, relative in config.mappings.items():
@@ -71,106 +86,24 @@ def scaffold_command(request: ScaffoldRequest, *, config_dir: Path | None) -> in
             f"wrote {mapping_path} (header only: add the partner's codes; "
             "the dry run lists the ones a sample uses)"
         )
-    print("secrets to provide (environment variables, or change the reference):")
-    for what, why in (
-        ("SFTP_PRIVATE_KEY", f"our SSH private key for {request.username}@{request.host}"),
-        ("PGP_PRIVATE_KEY", "our OpenPGP private key (the partner encrypts to its public key)"),
-        ("PGP_PASSPHRASE", "its passphrase"),
-        ("PARTNER_SIGNING_KEY", "the partner's public signing key (confirm its fingerprint)"),
-        ("PSEUDONYM_KEY", "random, per tenant: `openssl rand -hex 32`"),
-        ("QUARANTINE_KEY", "random, per tenant: `openssl rand -hex 32`"),
-    ):
-        print(f"  {secret_name(request.tenant, what):<36} {why}")
+    print(
+        "secrets the feed needs (from the YAML just written): set each environment variable "
+        "where the flows run,\nor change its reference to file:PATH or prefect-secret:BLOCK:"
+    )
+    for line in render_secrets_needed(secrets_needed(config)):
+        print(line)
+    if edit is None:
+        for line in manual_steward_lines(stewards_file, config.tenant):
+            print(line)
+    else:
+        write_stewards_edit(edit)
+        for grant in edit.added:
+            print(f"stewards: {grant.person} is {grant.role} of tenant {config.tenant}")
+        if edit.added:
+            print(f"  (added to {stewards_file}; its other entries and comments are unchanged)")
+        for person, role in edit.kept:
+            print(f"stewards: {person} holds {role} for tenant {config.tenant} already (kept)")
     print(f"next: batchbridge onboard host-key {request.host} --port {request.port}")
-    return 0
-
-
-# -- host key -------------------------------------------------------------------------
-
-
-def host_key_command(
-    host: str,
-    port: int,
-    *,
-    key_types: Sequence[str] | None = None,
-    timeout: float = 15.0,
-    pin_feed: str | None = None,
-    confirmed: bool = False,
-    fingerprints: Sequence[str] | None = None,
-    config_dir: Path | None = None,
-    fetch: Callable[..., paramiko.PKey] | None = None,
-) -> int:
-    """Print the server's host keys and fingerprints; with --pin and --confirmed, pin them."""
-    # paramiko loads only for the host-key step.
-    from batchbridge.connectors.sources.ssh_keys import fingerprint
-    from batchbridge.onboarding.host_keys import key_line, offered_host_keys
-
-    keys = offered_host_keys(host, port, families=key_types, timeout=timeout, fetch=fetch)
-    where = f"{host}:{port}"
-    print(
-        f"{where} offered {len(keys)} host key(s), fetched WITHOUT trusting or logging in "
-        "(not verified yet):"
-    )
-    for key in keys:
-        print()
-        print(key_line(key))
-        print(f"    fingerprint {fingerprint(key)}  ({key.get_name()}, {key.get_bits()} bits)")
-    print()
-    print(
-        "Before pinning, confirm the fingerprint with the partner OUT OF BAND (a phone call\n"
-        "to a known number, or their signed ticket; not the e-mail that gave you the host).\n"
-        "Anyone between you and the server would show you their own key here."
-    )
-    if pin_feed is None:
-        print(
-            f"Once confirmed: batchbridge onboard host-key {host} --port {port} "
-            "--pin FEED --confirmed [--fingerprint SHA256:…]"
-        )
-        return 0
-    if not confirmed:
-        print(
-            f"not pinned: add --confirmed once the partner confirmed the fingerprint "
-            f"(feed {pin_feed} is unchanged)",
-            file=sys.stderr,
-        )
-        return ConfigError.exit_code
-    chosen = keys
-    if fingerprints:
-        chosen = [key for key in keys if fingerprint(key) in fingerprints]
-        offered = {fingerprint(key) for key in keys}
-        gone = [fp for fp in fingerprints if fp not in offered]
-        if gone:
-            raise HostKeyError(
-                f"{where} does not offer the confirmed fingerprint(s) {', '.join(gone)} now; "
-                "nothing pinned: ask the partner before pinning anything"
-            )
-    return _pin(pin_feed, host, port, chosen, config_dir=config_dir)
-
-
-def _pin(
-    feed: str, host: str, port: int, keys: list[paramiko.PKey], *, config_dir: Path | None
-) -> int:
-    from batchbridge.connectors.sources.ssh_keys import fingerprint
-    from batchbridge.onboarding.feed_yaml import pin_host_keys, pin_note
-    from batchbridge.onboarding.host_keys import key_line
-
-    settings = load_settings(config_dir)
-    source = load_feed(feed, settings.config_dir).config.source
-    if source.kind != "sftp":
-        raise ConfigError(f"feed {feed} has a {source.kind} source: nothing to pin")
-    if (source.host, source.port) != (host, port):
-        raise ConfigError(
-            f"feed {feed} connects to {source.host}:{source.port}, not {host}:{port}; "
-            "nothing pinned"
-        )
-    prints = [fingerprint(key) for key in keys]
-    before = pin_host_keys(
-        feed, settings.config_dir, [key_line(key) for key in keys], note=pin_note(prints)
-    )
-    print(f"pinned {', '.join(prints)} for feed {feed}")
-    if before:
-        print(f"  (replaced {len(before)} previously pinned key(s))")
-    print(f"next: batchbridge health {feed}")
     return 0
 
 
@@ -187,113 +120,84 @@ def looks_encrypted(sample: Path) -> bool:
 
 
 def dry_run_command(
-    feed: str, sample: Path, *, config_dir: Path | None, plaintext: bool, as_json: bool
+    feed: str,
+    sample: Path,
+    *,
+    config_dir: Path | None,
+    plaintext: bool,
+    as_json: bool,
+    unmapped_out: Path | None = None,
 ) -> int:
-    """Dry-run a sample file (nothing loaded); exit non-zero when the file fails whole."""
-    from batchbridge.onboarding.dry_run import dry_run_sample, render_dry_run_text
+    """Dry-run a sample file (nothing loaded); with `unmapped_out`, write its unmapped codes.
+
+    Exits 4 or 5 when the file fails whole, 9 when its quarantine rate is over the
+    feed's alert threshold (a nightly run would alert), else 0.
+    """
+    # Polars, pandera and the decryption engines load only for a dry run.
+    from batchbridge.onboarding.dry_run import (
+        dry_run_sample,
+        render_dry_run_text,
+        threshold_message,
+    )
 
     settings = load_settings(config_dir)
     loaded = load_feed(feed, settings.config_dir)
     if not sample.is_file():
         raise ConfigError(f"sample file {sample} does not exist")
+    if unmapped_out is not None and unmapped_out.exists():
+        raise ConfigError(f"{unmapped_out} already exists; not overwriting it")
     if plaintext:
         print(PLAINTEXT_WARNING, file=sys.stderr)
         if looks_encrypted(sample):
             raise ConfigError(f"{sample.name} looks OpenPGP-encrypted: drop --plaintext")
     report = dry_run_sample(loaded, sample, plaintext=plaintext)
+    # With --json, stdout holds the JSON only: the other lines go to stderr.
+    notes = sys.stderr if as_json else sys.stdout
     if as_json:
         print_json(report.to_dict())
+        over = threshold_message(report)
+        if over is not None:
+            print(over, file=notes)
     else:
         print(render_dry_run_text(report))
+    if unmapped_out is not None:
+        for line in _write_unmapped(report, unmapped_out):
+            print(line, file=notes)
     return report.exit_code
 
 
-# -- deploy ---------------------------------------------------------------------------
-
-
-def _deployment_names(prefect_file: Path) -> set[str]:
-
-    if not prefect_file.is_file():
-        return set()
-    data = yaml.safe_load(prefect_file.read_text(encoding="utf-8")) or {}
-    return {str(d.get("name")) for d in data.get("deployments") or [] if isinstance(d, dict)}
-
-
-def deploy_command(
-    feed: str,
-    *,
-    config_dir: Path | None,
-    prefect_file: Path | None,
-    apply: bool,
-    runner: Runner = subprocess.run,
-) -> int:
-    """Print the steps that deploy a feed; with `apply`, gate on the checks and run them.
-
-    Thin on purpose: `batchbridge deploy` owns prefect.yaml (generated from the feed
-    YAMLs) and the tenant work queues; this only puts the onboarding steps in order.
-    """
-    from batchbridge.preflight import check_feed
-    from batchbridge.tasks.health_checks import run_feed_checks
-    from batchbridge.tasks.health_report import render_health_text
-
-    settings = load_settings(config_dir)
-    loaded = load_feed(feed, settings.config_dir)
-    tenant = loaded.config.tenant
-    prefect_yaml = (prefect_file or settings.config_dir.parent / "prefect.yaml").resolve()
-    # Like `batchbridge deploy`: run from the repository root (entrypoints are paths in it).
-    root = Path.cwd().resolve()
-    shown = _relative(prefect_yaml, root)
-    present = _deployment_names(prefect_yaml)
-    names = [f"{feed}-nightly", f"{feed}-health"]
-    status = ", ".join(f"{n} {'present' if n in present else 'not there yet'}" for n in names)
-
-    print(f"deploy feed {feed} (tenant {tenant}), from {root}:")
-    print(f"  1. batchbridge feeds check {feed}   (YAML, mapping tables, secrets)")
-    print(f"  2. batchbridge health {feed}   (host key, login, PGP keys, target canary)")
-    print(f"  3. batchbridge deploy   (regenerates {shown}: {status})")
-    print(f"  4. prefect deploy --prefect-file {shown} --name {feed}-nightly")
-    print(f"     (and --name {feed}-health when present)")
-    print(
-        f"     a NEW tenant needs its work queue limit first: `batchbridge deploy --apply`\n"
-        f"     does that (queue tenant-{tenant}) and deploys everything"
+def _write_unmapped(report: DryRunReport, out: Path) -> list[str]:
+    """Write the unmapped-codes template(s); the lines that say what was written."""
+    # Loaded already by the dry run that made `report`.
+    from batchbridge.onboarding.dry_run import (
+        COUNT_COLUMN,
+        display_code,
+        template_paths,
+        unmapped_template,
     )
-    if not apply:
-        print(f"or run them all: batchbridge onboard deploy {feed} --apply")
-        return 0
+    from batchbridge.onboarding.feed_yaml import write_new_file
 
-    problems = check_feed(loaded, resolve_secrets=True)
-    if problems:
-        print(f"feeds check: {len(problems)} problem(s); not deployed")
-        for problem in problems:
-            print(f"  - {problem}")
-        return ConfigError.exit_code
-    print(f"feeds check: {feed} ok")
-    health = run_feed_checks(feed, settings.config_dir)
-    print(render_health_text(health))
-    if health.failed:
-        print("health check failed; not deployed")
-        return 1
-    argv = [
-        sys.executable,
-        "-m",
-        "batchbridge.cli",
-        "deploy",
-        "--apply",
-        "--config-dir",
-        str(settings.config_dir),
-        "--prefect-file",
-        str(prefect_yaml),
-    ]
-    print(f"$ batchbridge deploy --apply --prefect-file {shown}")
-    result = runner(argv, cwd=root, check=False)
-    return int(result.returncode)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
+    if report.failed_stage is not None:
+        return [f"unmapped codes: {out} not written (the file fails whole)"]
+    pending = [c for c in report.coverage if c.unmapped]
+    if not pending:
+        return [f"unmapped codes: none, {out} not written"]
+    lines: list[str] = []
+    for cov, path in zip(pending, template_paths(out, pending).values(), strict=True):
+        text, left_out = unmapped_template(cov)
+        write_new_file(path, text)
+        lines.append(
+            f"unmapped codes: wrote {path}: {len(cov.unmapped) - len(left_out)} code(s) of "
+            f"{cov.table}; fill in the empty columns, then copy the rows into {cov.table}\n"
+            f"  (leave out the last column, {COUNT_COLUMN}: the sample's row count per code)"
+        )
+        if left_out:
+            shown = ", ".join(display_code(code) for code in left_out[:10])
+            lines.append(
+                f"  left out {len(left_out)} code(s) a spreadsheet would run as a formula "
+                f"(add them by hand if they are real): {shown}"
+            )
+    return lines
 
 
 # -- the typer commands -----------------------------------------------------------------
@@ -317,6 +221,15 @@ def scaffold_cli(
     cron: Annotated[
         str, typer.Option("--cron", help="Nightly schedule (cron, in the feed's zone).")
     ] = "0 2 * * *",
+    stewards: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--steward",
+            help="Give this person a role for the tenant in stewards.yaml (repeatable; "
+            "role viewer, steward or admin, default steward; existing entries are kept).",
+            metavar="PERSON[:ROLE]",
+        ),
+    ] = None,
     config_dir: ConfigDirOption = None,
 ) -> int:
     """Write a commented feed YAML (and empty mapping tables) for a new partner."""
@@ -335,7 +248,7 @@ def scaffold_cli(
         timezone=timezone,
         cron=cron,
     )
-    return scaffold_command(request, config_dir=config_dir)
+    return scaffold_command(request, config_dir=config_dir, stewards=stewards or ())
 
 
 @app.command("host-key")
@@ -371,7 +284,7 @@ def host_key_cli(
     config_dir: ConfigDirOption = None,
 ) -> int:
     """Show a server's host keys (not trusted) to confirm with the partner, then pin them."""
-
+    # paramiko loads only for the host-key step.
     from batchbridge.onboarding.host_keys import HOST_KEY_FAMILIES
 
     families = split_values(key_types)
@@ -399,12 +312,30 @@ def dry_run_cli(
     plaintext: Annotated[
         bool, typer.Option("--plaintext", help="The sample is synthetic and unencrypted.")
     ] = False,
+    unmapped_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--unmapped-out",
+            help="Write the sample's codes missing from the mapping table to this new CSV, "
+            "with their row counts, to fill in (never overwrites).",
+            metavar="FILE",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     config_dir: ConfigDirOption = None,
 ) -> int:
-    """Decrypt, verify and validate a sample; load nothing."""
+    """Decrypt, verify and validate a sample; load nothing.
+
+    Exit 0; 4 or 5 when the file fails whole; 9 when more rows would be quarantined
+    than the feed's alerts.quarantine_rate_threshold allows.
+    """
     return dry_run_command(
-        feed, sample, config_dir=config_dir, plaintext=plaintext, as_json=as_json
+        feed,
+        sample,
+        config_dir=config_dir,
+        plaintext=plaintext,
+        as_json=as_json,
+        unmapped_out=unmapped_out,
     )
 
 

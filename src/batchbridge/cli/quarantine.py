@@ -9,11 +9,14 @@ from typing import Annotated
 
 import typer
 
+from batchbridge.access import required_role
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption, WhyOption, parse_ids
 from batchbridge.cli.steward_session import steward_service
 from batchbridge.cli.steward_views import render_listing, render_shown, shown_dict, summary_dict
 from batchbridge.errors import RunFailedError, StewardError
+from batchbridge.ledger.runs_query import resolve_file_id, resolve_run_id
+from batchbridge.steward.service import StewardService
 
 app = typer.Typer(
     help="Data stewards: review, fix and release quarantined rows (every look is audited).",
@@ -35,8 +38,23 @@ ReasonFilter = Annotated[
     ),
 ]
 FileFilter = Annotated[
-    str | None, typer.Option("--file", help="Only rows of this ledger file id.", show_default=False)
+    str | None,
+    typer.Option(
+        "--file", help="Only rows of this ledger file id (or unique prefix).", show_default=False
+    ),
 ]
+
+
+def full_ids(
+    service: StewardService, action: str, *, run_id: str | None, file_id: str | None
+) -> tuple[str | None, str | None]:
+    """Run and file ids as typed (full, or a unique prefix) made whole, within the actor's
+    tenants; an unknown or ambiguous one is refused (exit 2) rather than matching nothing."""
+    tenants = service.directory.tenants(service.actor, required_role(action))
+    with service.store.session() as session:
+        run = resolve_run_id(session, run_id, tenants=tenants) if run_id else None
+        file = resolve_file_id(session, file_id, tenants=tenants) if file_id else None
+    return run, file
 
 
 def parse_sets(sets: list[str]) -> dict[str, str]:
@@ -71,7 +89,8 @@ def list_command(
     feed: FeedFilter = None,
     file_id: FileFilter = None,
     run_id: Annotated[
-        str | None, typer.Option("--run", help="Only rows quarantined by this run id.")
+        str | None,
+        typer.Option("--run", help="Only rows quarantined by this run id (or unique prefix)."),
     ] = None,
     reason: ReasonFilter = None,
     status: Annotated[
@@ -97,6 +116,7 @@ def list_command(
 ) -> int:
     """List quarantined rows: ids, where they came from, age, reasons (never values)."""
     with steward_service(config_dir) as service:
+        run_id, file_id = full_ids(service, "list", run_id=run_id, file_id=file_id)
         page = service.list_page(
             tenant=tenant,
             feed=feed,
@@ -207,6 +227,7 @@ def release_command(
 
     ids = parse_ids(row_ids)
     with steward_service(config_dir) as service:
+        _, file_id = full_ids(service, "release", run_id=None, file_id=file_id)
         released = release_rows(
             service, ids=ids or None, feed=feed, reason=reason, file_id=file_id, why=why
         )

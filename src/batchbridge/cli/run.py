@@ -14,7 +14,7 @@ from batchbridge.cli.params import (
     QuietOption,
     split_values,
 )
-from batchbridge.cli.prefect_env import prefect_api
+from batchbridge.cli.prefect_env import ensure_prefect_home, prefect_api
 from batchbridge.cli.progress_display import terminal_progress, wants_progress
 from batchbridge.config import load_feed
 from batchbridge.errors import BatchbridgeError, RunFailedError
@@ -32,11 +32,20 @@ def run_feed_once(
     force: bool,
     show_progress: bool = False,
 ) -> tuple[RunReport, str]:
-    """Run the nightly flow once in this process; the report and the run's final status."""
+    """Run the nightly flow once in this process; the report and the run's final status.
+
+    The flow run carries the tags a deployed run of the feed carries (`tenant:<t>`,
+    `feed:<f>`), so the Prefect UI finds CLI runs beside scheduled ones.
+    """
+    ensure_prefect_home()  # before Prefect first loads and reads it
     # Prefect (and Polars, through the flow's tasks) load only for commands that run flows.
+    from prefect import tags
+
     from batchbridge.flows.nightly import nightly_feed
 
-    with prefect_api(), terminal_progress(show_progress):
+    config = load_feed(feed, settings.config_dir).config
+    run_tags = (f"tenant:{config.tenant}", f"feed:{config.feed}")
+    with prefect_api(), terminal_progress(show_progress), tags(*run_tags):
         state = nightly_feed(
             feed=feed,
             config_dir=str(settings.config_dir),

@@ -16,6 +16,7 @@ from batchbridge.config.secret_refs import (
 from batchbridge.config.sections import (
     ALL_WEEKDAYS,
     NAME_PATTERN,
+    UNPINNED_HOST_KEY,
     AlertsConfig,
     AnyFormatConfig,
     ArrivalWindow,
@@ -42,6 +43,7 @@ __all__ = [
     "ALL_WEEKDAYS",
     "NAME_PATTERN",
     "SECRET_REF_PATTERN",
+    "UNPINNED_HOST_KEY",
     "AlertsConfig",
     "AnyFormatConfig",
     "ArrivalWindow",

@@ -12,6 +12,9 @@ from batchbridge.config.secret_refs import SecretRef
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
+UNPINNED_HOST_KEY = "UNPINNED"
+"""Placeholder `onboard scaffold` writes into host_keys until a key is confirmed and pinned."""
+
 
 class StrictModel(BaseModel):
     """Base for config models: unknown keys are errors, values are immutable."""

@@ -147,7 +147,12 @@ def read_key_expiries(loaded: LoadedFeed) -> list[KeyExpiry]:
     return found
 
 
-@flow(name="check-arrivals", flow_run_name="{feed}", log_prints=False, persist_result=False)
+@flow(
+    name="check-arrivals",
+    flow_run_name="{feed} check-arrivals",
+    log_prints=False,
+    persist_result=False,
+)
 def check_arrivals(
     feed: str, config_dir: str | None = None, now: str | None = None
 ) -> dict[str, object]:

@@ -4,6 +4,7 @@ The file is generated, never edited by hand: one deployment per feed for every e
 of FEED_DEPLOYMENTS (the nightly run on the feed's cron and time zone, in the
 tenant's work queue), plus the fixed entries of FIXED_DEPLOYMENTS (the steward's
 quarantine replay). A flow that needs a deployment adds one line to a table here.
+A feed whose SFTP host key is not pinned yet gets none of them (`host_keys_pinned`).
 
 Per-tenant concurrency: every tenant-bound deployment runs in the work queue
 `tenant-<tenant>` of the `batchbridge` process pool, and `--apply` gives each such
@@ -31,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from batchbridge.config import FeedConfig, list_feeds, load_feed
+from batchbridge.config import UNPINNED_HOST_KEY, FeedConfig, list_feeds, load_feed
 from batchbridge.errors import BatchbridgeError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,20 @@ def _every_feed(config: FeedConfig) -> bool:
     return True
 
 
+def host_keys_pinned(config: FeedConfig) -> bool:
+    """False while a host_keys list of the feed holds the placeholder `onboard scaffold` writes.
+
+    Such a feed gets no deployment at all: each of its flows would connect to a server
+    not trusted yet, so its nightly run and health check would fail and page every day,
+    and its arrival check would report a partner not sending files yet as late. The
+    onboarding steps run `health` by hand instead; `batchbridge deploy` after pinning
+    adds them all.
+    """
+    pinned = [config.source.host_keys] if config.source.kind == "sftp" else []
+    pinned += [target.host_keys for target in config.targets if target.kind == "sftp"]
+    return all(UNPINNED_HOST_KEY not in keys for keys in pinned)
+
+
 @dataclass(frozen=True)
 class FeedDeployment:
     """A deployment made for each feed, named `<feed>-<suffix>`, with parameters {feed}.
@@ -268,6 +283,8 @@ class Plan:
     text: str
     tenant_queues: dict[str, int]
     deployment_names: list[str]
+    unpinned_feeds: list[str] = field(default_factory=list)
+    """Feeds left out until their host keys are pinned (see `host_keys_pinned`)."""
 
 
 def _feed_entry(spec: FeedDeployment, config: FeedConfig) -> dict[str, Any]:
@@ -341,6 +358,8 @@ def build_plan(
     configs = [load_feed(name, feeds_dir).config for name in list_feeds(feeds_dir)]
     if not configs:
         raise ConfigError(f"no feed YAMLs in {feeds_dir}")
+    unpinned = [config.feed for config in configs if not host_keys_pinned(config)]
+    configs = [config for config in configs if config.feed not in unpinned]
     feed_specs, fixed_specs = list(feed_deployments), list(fixed_deployments)
     top: dict[str, Any] = {
         "name": "batchbridge",
@@ -350,6 +369,11 @@ def build_plan(
         "pull": [{PULL_STEP: {}}],
     }
     parts = [HEADER, _dump({k: v for k, v in top.items() if k != "pull"})]
+    if unpinned:
+        parts.append(
+            "# Not deployed until their SFTP host keys are pinned (`batchbridge onboard "
+            f"host-key`):\n#   {', '.join(unpinned)}\n\n"
+        )
     parts.append(
         f"# Run by the worker when a flow run starts: enter that machine's checkout\n"
         f"# (${CHECKOUT_ENV}), where the entrypoints below resolve.\n"
@@ -380,7 +404,10 @@ def build_plan(
         names.append(entry["name"])
         parts.append(_comment(comment) + _indent(_dump([entry])) + "\n")
     return Plan(
-        text="".join(parts).rstrip("\n") + "\n", tenant_queues=queues, deployment_names=names
+        text="".join(parts).rstrip("\n") + "\n",
+        tenant_queues=queues,
+        deployment_names=names,
+        unpinned_feeds=unpinned,
     )
 
 

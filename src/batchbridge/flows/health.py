@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from batchbridge.errors import BatchbridgeError
+from batchbridge.errors import HealthCheckError
 from batchbridge.settings import load_settings
 from batchbridge.tasks.health_checks import FeedHealth, run_feed_checks
 from batchbridge.tasks.health_report import STATUS_WORD, health_artifact_key, render_health_markdown
@@ -33,7 +33,7 @@ def publish_health_artifact(health: FeedHealth) -> None:
     )
 
 
-@flow(name="health-check", flow_run_name="{feed}", log_prints=False, persist_result=False)
+@flow(name="health-check", flow_run_name="{feed} health", log_prints=False, persist_result=False)
 def health_check(feed: str, config_dir: str | None = None) -> dict[str, Any]:
     """Check that tonight's run of `feed` can work; fails when a check failed.
 
@@ -50,8 +50,5 @@ def health_check(feed: str, config_dir: str | None = None) -> dict[str, Any]:
         log.log(level, "%s %s: %s", STATUS_WORD[check.severity], check.name, check.detail)
     if health.failed:
         names = ", ".join(c.name for c in health.failed)
-        raise BatchbridgeError(
-            f"feed {feed}: {len(health.failed)} health check(s) failed: {names}",
-            reason="health_check_failed",
-        )
+        raise HealthCheckError(f"feed {feed}: {len(health.failed)} health check(s) failed: {names}")
     return health.to_dict()

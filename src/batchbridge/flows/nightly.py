@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from batchbridge import progress
@@ -483,6 +484,7 @@ def run_feed(
     started = time.perf_counter()
     report = RunReport(
         run_id=run_id,
+        flow_run_id=flow_run_id,
         tenant=config.tenant,
         feed=config.feed,
         is_rerun=is_rerun,
@@ -508,7 +510,44 @@ def run_feed(
     return report
 
 
-@flow(name="nightly-feed", flow_run_name="{feed}", log_prints=False, persist_result=False)
+def feed_zone(feed: str, config_dir: str | None) -> ZoneInfo | None:
+    """The zone of the feed's schedule (else of its data); None when the feed cannot be read."""
+    try:
+        config = load_feed(feed, load_settings(config_dir).config_dir).config
+    except BatchbridgeError:
+        return None  # the run itself fails on it next, with the reason
+    return ZoneInfo(config.schedule.timezone if config.schedule else config.timezone)
+
+
+def nightly_run_name() -> str:
+    """`lab_results 2026-12-03 02:00`: the feed and, in its zone, the night the run is for.
+
+    Prefect calls this without arguments inside the new flow run's context, before the
+    run starts. A run the scheduler made is named by its scheduled start (a late run, or
+    one retried, keeps its night's name); any other run (CLI, UI quick or custom run) by
+    its first actual start (now, unless it is being retried). Feed and time only.
+    """
+    context = FlowRunContext.get()
+    parameters = (context.parameters if context is not None else None) or {}
+    run = context.flow_run if context is not None else None
+    feed = str(parameters.get("feed", "?"))
+    moment = datetime.now(UTC)
+    if run is not None and run.auto_scheduled and run.expected_start_time is not None:
+        moment = run.expected_start_time
+    elif run is not None and run.start_time is not None:
+        moment = run.start_time
+    zone = feed_zone(feed, parameters.get("config_dir"))
+    if zone is None:
+        return f"{feed} {moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    return f"{feed} {moment.astimezone(zone):%Y-%m-%d %H:%M}"
+
+
+@flow(
+    name="nightly-feed",
+    flow_run_name=nightly_run_name,
+    log_prints=False,
+    persist_result=False,
+)
 def nightly_feed(
     feed: str,
     config_dir: str | None = None,

@@ -39,7 +39,8 @@ def publish_release_artifact(report: ReleaseReport, feed: str) -> None:
 
 @flow(
     name="replay-quarantine",
-    flow_run_name="{feed} by {requested_by}",
+    # Feed and kind only: who asked is in the parameters and the audit log.
+    flow_run_name="{feed} quarantine-release",
     log_prints=False,
     persist_result=False,
 )

@@ -43,12 +43,17 @@ class FileReport:
 
 @dataclass
 class RunReport:
-    """A whole run: per-file outcomes, names skipped, totals."""
+    """A whole run: per-file outcomes, names skipped, totals.
+
+    `flow_run_id` is the Prefect flow run that made it (None outside Prefect, and in
+    reports stored before it was recorded here: `runs.flow_run_id` has it for those).
+    """
 
     run_id: str
     tenant: str
     feed: str
     status: str = "running"
+    flow_run_id: str | None = None
     is_rerun: bool = False
     started_at: str = ""
     finished_at: str | None = None
@@ -96,6 +101,20 @@ class RunReport:
         return data
 
 
+SHORT_ID_LENGTH = 8
+"""Characters of an id shown in lists and hints (a uuid4's first group)."""
+
+
+def short_id(ident: str) -> str:
+    """The id as lists show it: enough to find it again as a prefix (`runs show abcd1234`)."""
+    return ident[:SHORT_ID_LENGTH]
+
+
+def show_command(run_id: str) -> str:
+    """The command that shows a run's trace."""
+    return f"batchbridge runs show {short_id(run_id)}"
+
+
 def format_count(value: int | None) -> str:
     """A count for a table cell: "-" when unknown."""
     return "-" if value is None else str(value)
@@ -104,8 +123,9 @@ def format_count(value: int | None) -> str:
 def render_text(report: RunReport) -> str:
     """A terminal table: one line per file, then reasons and totals."""
     rerun = " (rerun)" if report.is_rerun else ""
+    flow_run = f"  prefect flow run {report.flow_run_id}" if report.flow_run_id else ""
     lines = [
-        f"batchbridge run {report.run_id}{rerun}",
+        f"batchbridge run {report.run_id}{rerun}{flow_run}",
         f"feed {report.feed}  tenant {report.tenant}  status {report.status.upper()}"
         + (f"  {report.seconds:.2f}s" if report.seconds is not None else ""),
         "",
@@ -150,4 +170,5 @@ def render_text(report: RunReport) -> str:
     ]
     if any(f.is_rerun for f in report.files):
         lines.append("* file was seen by an earlier run (rerun)")
+    lines.append(f"details: {show_command(report.run_id)}")
     return "\n".join(lines)

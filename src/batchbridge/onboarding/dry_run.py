@@ -8,7 +8,10 @@ no ledger entry, no target row, no quarantine.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -18,7 +21,7 @@ import polars as pl
 
 from batchbridge.config import LoadedFeed
 from batchbridge.connectors.decryptors.registry import build_decryptor
-from batchbridge.errors import BatchbridgeError
+from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
 from batchbridge.tasks.guard import withhold_unexpected_errors
 from batchbridge.tasks.validate import file_date_from_name, parse_and_validate
 from batchbridge.validations.base import REASONS_COLUMN, FeedSchema, ValidationContext
@@ -27,6 +30,20 @@ from batchbridge.validations.registry import get_schema
 
 MAX_CODE_CHARS = 64
 MAX_CODES_SHOWN = 50
+COUNT_COLUMN = "rows_in_sample"
+"""Last column of an unmapped-codes template: how many sample rows carry the code.
+
+After the mapping table's own columns, so those can be copied into the table as they
+are; and a table that keeps it still loads (extra columns are kept, no schema reads them).
+"""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters a spreadsheet runs as a formula: such codes stay out of a template."""
+OVER_THRESHOLD_EXIT = RunFailedError.exit_code
+"""Exit code of a dry run that finished but whose quarantine rate is over the threshold.
+
+9 ("finished, report written, not clean"): the file does not fail whole (4 and 5 say
+that) and the configuration may be fine (2); a deploy script gating on exit 0 stops.
+"""
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,9 @@ class CodeCoverage:
     rows_with_code: int
     distinct_codes: int
     unmapped: dict[str, int]
+    key: str = ""
+    table_columns: tuple[str, ...] = ()
+    """The mapping table's header (its key column is `key`), for an unmapped-codes template."""
 
     @property
     def unmapped_rows(self) -> int:
@@ -55,7 +75,14 @@ class CodeCoverage:
 
 
 def mapping_coverage(
-    codes: pl.Series, mapped: pl.Series, *, mapping: str, column: str, table: str
+    codes: pl.Series,
+    mapped: pl.Series,
+    *,
+    mapping: str,
+    column: str,
+    table: str,
+    key: str | None = None,
+    table_columns: Sequence[str] = (),
 ) -> CodeCoverage:
     """Which trimmed, non-blank `codes` are not in `mapped`, with their row counts.
 
@@ -75,6 +102,8 @@ def mapping_coverage(
         rows_with_code=values.len(),
         distinct_codes=len(counts),
         unmapped=ordered,
+        key=key or column,
+        table_columns=tuple(table_columns) or (key or column,),
     )
 
 
@@ -106,11 +135,19 @@ class DryRunReport:
     rows_valid: int | None = None
     rows_quarantined: int | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    quarantine_rate: float | None = None
+    quarantine_rate_threshold: float = 1.0
     coverage: list[CodeCoverage] = field(default_factory=list)
     failed_stage: str | None = None
     failed_reason: str | None = None
     failed_message: str | None = None
     exit_code: int = 0
+
+    @property
+    def over_threshold(self) -> bool:
+        """Quarantined/read above the feed's alert threshold (as the nightly alert decides)."""
+        rate = self.quarantine_rate
+        return rate is not None and rate > self.quarantine_rate_threshold
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -119,6 +156,7 @@ class DryRunReport:
             for c in self.coverage
         ]
         data["loaded"] = 0
+        data["over_threshold"] = self.over_threshold
         return data
 
 
@@ -181,6 +219,11 @@ def dry_run_sample(
     report.rows_read, report.rows_declared = validated.rows_read, validated.rows_declared
     report.rows_valid, report.rows_quarantined = result.valid.height, result.quarantined.height
     report.reasons = _count_reasons(result.quarantined)
+    report.quarantine_rate_threshold = config.alerts.quarantine_rate_threshold
+    if validated.rows_read:
+        report.quarantine_rate = result.quarantined.height / validated.rows_read
+    if report.over_threshold:
+        report.exit_code = OVER_THRESHOLD_EXIT
     frame = pl.concat(
         [result.valid.select(schema.columns), result.quarantined.select(schema.columns)]
     )
@@ -195,6 +238,8 @@ def dry_run_sample(
                 mapping=name,
                 column=column,
                 table=config.mappings[name].name,
+                key=key,
+                table_columns=table.columns,
             )
         )
     return report
@@ -262,4 +307,52 @@ def render_dry_run_text(report: DryRunReport) -> str:
         f"result: a nightly run would load {report.rows_valid} rows and quarantine "
         f"{report.rows_quarantined}"
     )
+    over = threshold_message(report)
+    if over is not None:
+        lines.append(over)
     return "\n".join(lines)
+
+
+def threshold_message(report: DryRunReport) -> str | None:
+    """The one line saying the quarantine rate is over the feed's threshold, else None."""
+    if not report.over_threshold or report.quarantine_rate is None:
+        return None
+    return (
+        f"over threshold: {report.quarantine_rate:.1%} of rows quarantined "
+        f"({report.rows_quarantined} of {report.rows_read}), above "
+        f"alerts.quarantine_rate_threshold {report.quarantine_rate_threshold:.1%}: "
+        f"a nightly run would raise a quarantine_rate alert (exit {OVER_THRESHOLD_EXIT})"
+    )
+
+
+def unmapped_template(coverage: CodeCoverage) -> tuple[str, list[str]]:
+    """CSV text of the unmapped codes to fill in, and the codes left out of it.
+
+    One row per unmapped code: the mapping's key column holds the code, its other
+    columns are empty, COUNT_COLUMN comes last. Codes a spreadsheet would run as a
+    formula are left out (prefixing them would change the code): add those by hand.
+    Nothing of the sample but its codes is written.
+    """
+    columns = list(coverage.table_columns)
+    if COUNT_COLUMN in columns:
+        raise ConfigError(f"{coverage.table} has a column {COUNT_COLUMN!r}: rename it first")
+    key = columns.index(coverage.key)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*columns, COUNT_COLUMN])
+    left_out: list[str] = []
+    for code, count in coverage.unmapped.items():
+        if code.startswith(FORMULA_STARTS):
+            left_out.append(code)
+            continue
+        row = [""] * len(columns)
+        row[key] = code
+        writer.writerow([*row, str(count)])
+    return out.getvalue(), left_out
+
+
+def template_paths(path: Path, coverage: list[CodeCoverage]) -> dict[str, Path]:
+    """Where each mapping's template goes: `path` itself, or one per mapping beside it."""
+    if len(coverage) == 1:
+        return {coverage[0].mapping: path}
+    return {c.mapping: path.with_name(f"{path.stem}.{c.mapping}{path.suffix}") for c in coverage}

@@ -14,9 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from batchbridge.config import FeedConfig, list_feeds, load_feed, load_feed_file
+from batchbridge.config import UNPINNED_HOST_KEY, FeedConfig, list_feeds, load_feed, load_feed_file
 from batchbridge.errors import ConfigError
-from batchbridge.tasks.health_checks import UNPINNED_HOST_KEY
 from batchbridge.validations.lab_results import IDENTIFIABLE_COLUMNS
 from batchbridge.validations.registry import get_schema
 

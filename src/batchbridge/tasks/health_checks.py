@@ -23,6 +23,7 @@ import paramiko
 from pydantic import SecretStr
 
 from batchbridge.config import (
+    UNPINNED_HOST_KEY,
     FeedConfig,
     LoadedFeed,
     LocalSourceConfig,
@@ -47,9 +48,6 @@ from batchbridge.validations.registry import get_schema
 
 Severity = Literal["ok", "warning", "error", "skipped"]
 P = ParamSpec("P")
-
-UNPINNED_HOST_KEY = "UNPINNED"
-"""Placeholder `onboard scaffold` writes into host_keys until a key is confirmed and pinned."""
 
 
 @dataclass(frozen=True)

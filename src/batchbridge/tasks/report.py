@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from batchbridge.crashpoints import crash_point
-from batchbridge.ledger.run_report import RunReport
+from batchbridge.ledger.run_report import RunReport, show_command
 from batchbridge.ledger.run_report import format_count as fmt
 from batchbridge.tasks.guard import stage_task
 
@@ -44,7 +44,9 @@ def render_markdown(report: RunReport) -> str:
         for reason, count in t.rejection_reasons.items()
     ]
     totals = ", ".join(f"{k} {v}" for k, v in report.totals().items())
-    parts = [header, "", f"Totals: {totals}", "", *rows]
+    # The way back from the Prefect UI to the ledger: the run's id and the command.
+    ledger = f"Ledger run `{report.run_id}`: `{show_command(report.run_id)}` shows every stage."
+    parts = [header, "", ledger, "", f"Totals: {totals}", "", *rows]
     if report.notes:
         parts += ["", *(f"> {note}" for note in report.notes)]
     if report.error:
@@ -94,11 +96,16 @@ def publish_report_artifact(report: RunReport) -> None:
     create_table_artifact(
         table=report_table(report),
         key=f"{artifact_key(report.feed)}-files",
-        description=f"{report.feed}: one row per file (counts, outcome, reason; no PHI)",
+        description=(
+            f"{report.feed} run `{report.run_id}` (`{show_command(report.run_id)}`): "
+            "one row per file (counts, outcome, reason; no PHI)"
+        ),
     )
     crash_point("mid_artifact")
     create_markdown_artifact(
         markdown=render_markdown(report),
         key=artifact_key(report.feed),
-        description=f"{report.feed} run report: counts, states and reasons (no PHI)",
+        description=(
+            f"{report.feed} run `{report.run_id}` report: counts, states and reasons (no PHI)"
+        ),
     )
