@@ -133,7 +133,7 @@ def test_defaults_put_prefect_home_under_the_var_dir(tmp_path: Path) -> None:
     assert chosen["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert chosen["PREFECT_LOGGING_EXTRA_LOGGERS"] == "batchbridge"
     assert chosen["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] == "ignore"
-    assert chosen["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "WARNING"
+    assert chosen["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "CRITICAL"
     assert chosen["PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS"] == TERMINAL_HANDLER
 
 

@@ -40,9 +40,11 @@ TERMINAL_HANDLER = f"{__name__}.TerminalLogHandler"
 
 # Prefect's logging.yml may be overridden key by key from the environment
 # (prefect/logging/configuration.py, load_logging_config): these two shape its console
-# handler. `batchbridge server start` leaves them out of the server's own log.
+# handler. `batchbridge server start` leaves them out of the server's own log. CRITICAL:
+# every failure a flow meets is in the report (or the one-line error) the CLI prints;
+# Prefect's ERROR lines would say it again, four times. The Prefect UI keeps them all.
 TERMINAL_LOGGING_DEFAULTS = {
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "PREFECT_LOGGING_HANDLERS_CONSOLE_CLASS": TERMINAL_HANDLER,
 }
 
