@@ -20,13 +20,16 @@ class Settings:
 
 
 def load_settings(config_dir: Path | str | None = None) -> Settings:
-    """Settings from BATCHBRIDGE_* variables; defaults are a SQLite ledger under ./var."""
+    """Settings from BATCHBRIDGE_* variables; defaults are a SQLite ledger under ./var.
+
+    Reading settings creates nothing: the ledger (and a SQLite file's folder) is made only
+    by the commands that create one (`LedgerStore.from_url`), so a command that reads a
+    ledger never finds a fresh empty one where the setting points at the wrong place.
+    """
     var_dir = Path(os.environ.get("BATCHBRIDGE_VAR_DIR", DEFAULT_VAR_DIR)).resolve()
     database_url = os.environ.get("BATCHBRIDGE_DATABASE_URL") or (
         f"sqlite:///{var_dir / 'batchbridge.db'}"
     )
-    if database_url.startswith("sqlite:///"):
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     staging_dir = Path(os.environ.get("BATCHBRIDGE_STAGING_DIR") or var_dir / "staging")
     chosen_config = config_dir or os.environ.get("BATCHBRIDGE_CONFIG_DIR") or DEFAULT_CONFIG_DIR
     return Settings(

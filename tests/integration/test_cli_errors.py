@@ -51,7 +51,7 @@ def test_a_missing_secret_fails_before_any_server_starts(scenario: LabFeedScenar
     (scenario.root / "secrets" / "quarantine_key").unlink()
     # No Prefect API given: a preflight failure must come before the temporary server.
     env = {"PREFECT_API_URL": "", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "1"}
-    code, out, err = _cli(scenario, "run", scenario.feed, env=env)
+    code, _, err = _cli(scenario, "run", scenario.feed, env=env)
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith("error [config_invalid]: feed lab_results")
     assert "quarantine_key" in err and "Traceback" not in err

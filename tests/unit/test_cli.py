@@ -90,3 +90,56 @@ def test_an_unexpected_error_prints_its_class_only(
     assert main(["feeds", "list", "--config-dir", str(FEEDS_DIR)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error [internal]: unexpected ValueError") and "Zebulonquix" not in err
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["runs", "list"], ["report", "abcd1234"]])
+def test_read_commands_on_a_missing_ledger_are_an_error_naming_it(
+    command: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    missing = tmp_path / "nowhere" / "x.db"
+    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", f"sqlite:///{missing}")
+    monkeypatch.setenv("BATCHBRIDGE_ACTOR", "dana.steward@acme-health.example")
+    stewards = tmp_path / "stewards.yaml"
+    stewards.write_text("stewards: {}\n", encoding="utf-8")
+    monkeypatch.setenv("BATCHBRIDGE_STEWARDS_FILE", str(stewards))
+    assert main([*command, "--config-dir", str(FEEDS_DIR)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error [ledger_not_found]: no ledger at sqlite:///{missing}")
+    assert not missing.parent.exists()  # nothing created, not even the folder
+
+
+def test_a_missing_stewards_file_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchbridge.ledger.store import LedgerStore
+
+    ledger = tmp_path / "ledger.db"
+    LedgerStore.from_url(f"sqlite:///{ledger}").engine.dispose()
+    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", f"sqlite:///{ledger}")
+    monkeypatch.setenv("BATCHBRIDGE_ACTOR", "dana.steward@acme-health.example")
+    monkeypatch.setenv("BATCHBRIDGE_STEWARDS_FILE", str(tmp_path / "nope.yaml"))
+    assert main(["quarantine", "list", "--config-dir", str(FEEDS_DIR)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "nope.yaml") in err
+    assert err.startswith("error [stewards_file_missing]:")
+
+
+def test_a_mistyped_cron_is_refused_at_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (FEEDS_DIR / "lab_results.yaml").read_text(encoding="utf-8")
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    (feeds / "lab_results.yaml").write_text(
+        text.replace('cron: "0 2 * * *"', "cron: banana").replace(
+            "cron: '0 2 * * *'", "cron: banana"
+        ),
+        encoding="utf-8",
+    )
+    assert main(["feeds", "list", "--config-dir", str(feeds)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "schedule.cron" in err and "banana" not in err.split(":")[0]

@@ -18,7 +18,7 @@ app = typer.Typer(
 @app.command("verify")
 def verify_command(config_dir: ConfigDirOption = None) -> int:
     """Check the hash chain: find edited, inserted and deleted events (exit 11 if broken)."""
-    store = LedgerStore.from_url(load_settings(config_dir).database_url)
+    store = LedgerStore.open_existing(load_settings(config_dir).database_url)
     try:
         with store.session() as s:
             checked = verify_chain(s)

@@ -53,7 +53,7 @@ def run_feed_once(
             force=force,
             return_state=True,
         )
-    store = LedgerStore.from_url(settings.database_url)
+    store = LedgerStore.open_existing(settings.database_url)
     try:
         run = store.run_for_flow_run(str(state.state_details.flow_run_id))
         if run is None or run.report is None:

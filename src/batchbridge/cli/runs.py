@@ -71,7 +71,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 @contextmanager
 def ledger_session(config_dir: ConfigDirOption) -> Iterator[Session]:
     """A session on the configured ledger, closed (engine and all) afterwards."""
-    store = LedgerStore.from_url(load_settings(config_dir).database_url)
+    store = LedgerStore.open_existing(load_settings(config_dir).database_url)
     try:
         with store.session() as session:
             yield session

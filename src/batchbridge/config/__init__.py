@@ -1,6 +1,6 @@
 """Feed configuration: strict models of a partner feed YAML, its loader, secret references.
 
-Everything here is pure (pydantic + YAML): it may import only `batchbridge.errors`.
+Everything here is pure (pydantic, YAML, cronsim): it may import only `batchbridge.errors`.
 A feed YAML's unknown keys are errors; secrets are references, resolved elsewhere at
 the point of use.
 """

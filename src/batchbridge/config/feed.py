@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from batchbridge.config.secret_refs import SecretRef
@@ -20,12 +22,71 @@ from batchbridge.config.sections import (
     TargetConfig,
 )
 
+CRON_FIELDS = "minute hour day-of-month month day-of-week"
+
+CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+"""The @-names Prefect's scheduler accepts, as the five fields they stand for."""
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why `expression` is not a cron schedule Prefect will run, or None when it is one.
+
+    cronsim parses here because it is small and already installed with Prefect (Prefect
+    itself parses with a vendored croniter, too slow to import at every command start).
+    What cronsim accepts and croniter reads differently or refuses is refused too, so a
+    feed that loads is a feed that deploys.
+    """
+    fields = CRON_ALIASES.get(expression.strip(), expression).split()
+    if len(fields) != 5:
+        # cronsim reads a sixth field as leading seconds, croniter as trailing seconds.
+        return f"expected 5 fields ({CRON_FIELDS}), found {len(fields)}"
+    try:
+        CronSim(" ".join(fields), datetime(2000, 1, 1))
+    except CronSimError as exc:
+        return f"{str(exc).lower()} field"
+    if "W" in fields[2].upper():
+        return "'LW' (last weekday) in day-of-month is not supported by Prefect"
+    if "L" in fields[4].upper():
+        return "'<day>L' (last such weekday) in day-of-week is not supported by Prefect"
+    return None
+
+
+def known_zone(value: str) -> str:
+    """`value` when it names an IANA time zone (e.g. Europe/Berlin); ValueError otherwise."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # OSError too: a folder of the zone database ("America") is not a zone.
+        raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)") from exc
+    return value
+
 
 class ScheduleConfig(StrictModel):
     """When the nightly run starts, in the feed's time zone."""
 
-    cron: str
+    cron: str = Field(description=f"Five cron fields: {CRON_FIELDS}, e.g. '0 2 * * *'.")
     timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        problem = cron_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a cron schedule: {problem}; e.g. '0 2 * * *' is 02:00 daily")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_zone(value)
 
 
 class FeedConfig(StrictModel):
@@ -61,11 +122,7 @@ class FeedConfig(StrictModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+        return known_zone(value)
 
     @field_validator("targets")
     @classmethod

@@ -31,7 +31,7 @@ from batchbridge.connectors.decryptors.keys import key_expiries
 from batchbridge.connectors.decryptors.registry import decryptor_keys
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.connectors.sources.registry import open_source
-from batchbridge.errors import BatchbridgeError, ConfigError
+from batchbridge.errors import BatchbridgeError, ConfigError, LedgerNotFoundError
 from batchbridge.ledger.models import LedgerFile
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.monitoring.arrival_rules import (
@@ -111,17 +111,23 @@ def check_late_file(loaded: LoadedFeed, settings: Settings, now: datetime) -> Ar
         logger.warning("%s: source not listed for the arrival check: [%s]", config.feed, exc.reason)
 
     since = local_midnight(config.timezone, now)
-    store = LedgerStore.from_url(settings.database_url)
     try:
-        seen = ledger_files(
-            store,
-            tenant=config.tenant,
-            feed=config.feed,
-            since=since,
-            names=[r.name for r in listed],
-        )
-    finally:
-        store.engine.dispose()
+        store = LedgerStore.open_existing(settings.database_url)
+    except LedgerNotFoundError:
+        # A new install before its first nightly run: no run has seen any file yet, so
+        # the server's listing alone decides (the check must not create the ledger).
+        seen: list[SeenFile] = []
+    else:
+        try:
+            seen = ledger_files(
+                store,
+                tenant=config.tenant,
+                feed=config.feed,
+                since=since,
+                names=[r.name for r in listed],
+            )
+        finally:
+            store.engine.dispose()
     files_seen = count_arrivals(listed, seen, since)
     return ArrivalCheck(
         deadline=deadline,

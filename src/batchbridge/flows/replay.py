@@ -15,7 +15,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from batchbridge.access import directory_path, load_directory
+from batchbridge.access import open_directory
 from batchbridge.errors import StewardError
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.settings import load_settings
@@ -60,9 +60,9 @@ def replay_quarantine(
     log = get_run_logger()
     settings = load_settings(config_dir)
     service = StewardService(
-        LedgerStore.from_url(settings.database_url),
+        LedgerStore.open_existing(settings.database_url),
         config_dir=settings.config_dir,
-        directory=load_directory(directory_path(settings.config_dir)),
+        directory=open_directory(settings.config_dir),
         actor=requested_by,
     )
     try:

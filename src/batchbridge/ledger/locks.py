@@ -76,3 +76,44 @@ def _lock_file(engine: Engine, tenant: str, feed: str) -> Path:
     folder = Path(database).resolve().parent if database and database != ":memory:" else None
     folder = folder or Path(tempfile.gettempdir())
     return folder / f".batchbridge-{tenant}-{feed}.lock"
+
+
+MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"batchbridge-ledger-migration").digest()[:8], "big", signed=True
+)
+
+
+@contextmanager
+def migration_lock(engine: Engine, *, wait_seconds: float = 300.0) -> Iterator[None]:
+    """Hold the ledger's schema lock: two processes starting on a new ledger at once must
+    not both create its tables (the second waits, then finds them made)."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            # SET takes no bind parameters; an int rendered into the text is safe.
+            conn.execute(text(f"SET lock_timeout = {int(wait_seconds * 1000)}"))
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+        return
+    path = _lock_file(engine, "ledger", "schema")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,14 +1,30 @@
-"""Bring a ledger database to the newest schema with Alembic."""
+"""Open or create a ledger database and bring it to the newest schema with Alembic.
+
+Two ways in: `create_ledger_engine(url)` makes the ledger when there is none (the
+nightly run, the demo); `create_ledger_engine(url, create=False)` opens only a ledger
+that exists and raises LedgerNotFoundError otherwise, creating nothing (read commands).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from batchbridge.errors import ConfigError, LedgerNotFoundError
+from batchbridge.ledger.locks import migration_lock
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+_SECRET_QUERY_WORDS = ("pass", "secret", "token")
+"""Query parameters whose values are hidden in messages (`?password=…`, `sslpassword=…`)."""
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -21,8 +37,129 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade_to_head(engine: Engine) -> None:
-    """Apply every pending migration; safe to call on every start."""
+    """Apply every pending migration; safe to call on every start, and from two at once."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with migration_lock(engine), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def masked_url(url: str) -> str:
+    """The ledger URL fit for a message: its password, and password-like query values, as ***."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "(a database URL that does not parse)"
+    hidden = {
+        key: "***"
+        for key in parsed.query
+        if any(word in key.lower() for word in _SECRET_QUERY_WORDS)
+    }
+    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")  # the query's *** comes back URL-quoted
+
+
+def _sqlite_file(parsed: URL) -> Path | None:
+    """The file a SQLite URL names; None for an in-memory database."""
+    database = parsed.database or ""
+    if database.startswith("file:"):  # sqlite:///file:path?uri=true
+        if parsed.query.get("mode") == "memory":
+            return None
+        database = database.removeprefix("file:")
+    return None if database in ("", ":memory:") else Path(database)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the report read while a load writes; the busy timeout rides out short locks.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _require_ledger_tables(url: str, shown: str) -> None:
+    # Its own engine, without the WAL pragma: a file that is no ledger stays unwritten.
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            found = inspect(connection).has_table("alembic_version")
+    except DatabaseError as exc:
+        # A file that is not SQLite; a PostgreSQL that cannot be reached stays as it is
+        # (OperationalError): that is no proof that the ledger is missing.
+        if engine.dialect.name != "sqlite" or isinstance(exc, OperationalError):
+            raise
+        raise LedgerNotFoundError(
+            f"no ledger at {shown}: the file is not a SQLite database"
+        ) from None
+    finally:
+        engine.dispose()
+    if not found:
+        raise LedgerNotFoundError(
+            f"no ledger at {shown}: the database holds no ledger tables "
+            "(a run creates them; check BATCHBRIDGE_DATABASE_URL)"
+        )
+
+
+def _require_known_revision(engine: Engine, shown: str) -> None:
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    scripts = ScriptDirectory.from_config(alembic_config())
+    known = {script.revision for script in scripts.walk_revisions()}
+    unknown = sorted(current - known)
+    if unknown:
+        raise ConfigError(
+            f"the ledger at {shown} is at schema revision {', '.join(unknown)}, newer than "
+            f"this batchbridge knows (newest: {scripts.get_current_head()}): upgrade batchbridge",
+            reason="ledger_schema_newer",
+        )
+
+
+def create_ledger_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for the ledger URL (SQLite file or PostgreSQL), schema migrated to head.
+
+    With `create=False` the ledger must exist already: a missing SQLite file (nothing is
+    created, not even its folder) or a database without the ledger's tables raises
+    LedgerNotFoundError naming the URL, password masked. A ledger that exists but is
+    behind the newest schema is migrated either way, as the nightly run does on start.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not shown: a URL that does not parse cannot have its password masked.
+        raise ConfigError(
+            "the ledger URL does not parse as a database URL (BATCHBRIDGE_DATABASE_URL)"
+        ) from None
+    shown = masked_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = _sqlite_file(parsed)
+        if not create and path is None:
+            raise LedgerNotFoundError(f"no ledger at {shown}: an in-memory database is empty")
+        if not create and path is not None and not path.is_file():
+            # Checked before connecting: connecting to a missing SQLite file creates it.
+            raise LedgerNotFoundError(
+                f"no ledger at {shown}: the file does not exist (a run creates it; "
+                "check BATCHBRIDGE_DATABASE_URL or BATCHBRIDGE_VAR_DIR)"
+            )
+        if create and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if not create:
+            _require_ledger_tables(url, shown)
+        engine = create_engine(url, future=True, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            _require_known_revision(engine, shown)
+            upgrade_to_head(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+    except OperationalError as exc:
+        # The driver's text is not shown: it may hold the host's reply verbatim.
+        raise ConfigError(
+            f"cannot reach the ledger at {shown} ({type(exc.orig).__name__}): is the "
+            "database up, and are BATCHBRIDGE_DATABASE_URL's host, port and login right?",
+            reason="ledger_unreachable",
+        ) from None
+    return engine

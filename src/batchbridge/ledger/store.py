@@ -8,13 +8,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError
 from batchbridge.ledger.crypto import EncryptedRow
-from batchbridge.ledger.migrate import upgrade_to_head
+from batchbridge.ledger.migrate import create_ledger_engine
 from batchbridge.ledger.models import (
     FileState,
     LedgerFile,
@@ -68,24 +68,6 @@ class LoadRecord:
     """(row number, reason code) of each row the target refused."""
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets the report read while a load writes; the busy timeout rides out short locks.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def create_ledger_engine(url: str) -> Engine:
-    """An engine for the ledger URL (SQLite file or PostgreSQL), schema migrated to head."""
-    engine = create_engine(url, future=True, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    upgrade_to_head(engine)
-    return engine
-
-
 class LedgerStore:
     """Reads and writes ledger rows; each method is its own short transaction."""
 
@@ -95,8 +77,17 @@ class LedgerStore:
 
     @classmethod
     def from_url(cls, url: str) -> LedgerStore:
-        """Open (and migrate) the ledger at `url`."""
+        """Open (and migrate) the ledger at `url`, creating it (and a SQLite file's folder)."""
         return cls(create_ledger_engine(url))
+
+    @classmethod
+    def open_existing(cls, url: str) -> LedgerStore:
+        """Open (and migrate) the ledger at `url`; LedgerNotFoundError when there is none.
+
+        For commands that read a ledger: a wrong URL must fail naming it, not answer from
+        a fresh empty ledger. Creates nothing.
+        """
+        return cls(create_ledger_engine(url, create=False))
 
     @contextmanager
     def session(self) -> Iterator[Session]:

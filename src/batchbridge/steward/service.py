@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from batchbridge.access import current_actor, directory_path, load_directory, required_role
+from batchbridge.access import current_actor, open_directory, required_role
 from batchbridge.errors import StewardError
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.models import (
@@ -91,9 +91,9 @@ class StewardService(CsvExchange, KeyRotation, RecordSearch):
     def from_settings(cls, settings: Settings) -> StewardService:
         """The acting person (BATCHBRIDGE_ACTOR or OS login) on the configured ledger."""
         return cls(
-            LedgerStore.from_url(settings.database_url),
+            LedgerStore.open_existing(settings.database_url),
             config_dir=settings.config_dir,
-            directory=load_directory(directory_path(settings.config_dir)),
+            directory=open_directory(settings.config_dir),
             actor=current_actor(),
         )
 
