@@ -36,11 +36,11 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_bench.py
+	PYTHONPATH=. $(BIN)/python bench/run_bench.py
 
 # Prefect server on PostgreSQL, two process workers, four tenants (one with a bad key).
 scale-out: system-deps $(STAMP)
-	$(BIN)/python bench/scale_out.py
+	PYTHONPATH=. $(BIN)/python bench/scale_out.py
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

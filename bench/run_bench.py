@@ -46,7 +46,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchbridge.testing.scenario import LabFeedScenario
+    from batchbridge.demo.scenario import LabFeedScenario
 
 # Heavy imports (polars, prefect, batchbridge) happen inside functions: the spawned
 # children re-import this module, and the pipeline child's peak RSS should hold only
@@ -106,7 +106,7 @@ def _generator_child(
 ) -> None:
     """Make the partner file: rows -> CSV bytes -> gpg (encrypt to us, sign as partner)."""
     try:
-        from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
+        from batchbridge.demo.lab_data import generate_lab_rows, render_lab_csv
 
         started = time.perf_counter()
         frame = generate_lab_rows(rows, seed=SEED, file_date=FILE_DATE, bad_rows=bad_rows)
@@ -152,8 +152,8 @@ def _pipeline_child(conn: Connection, config_dir: str, force: bool) -> None:
         cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu_before
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
 
+        from batchbridge.config.settings import load_settings
         from batchbridge.ledger.store import LedgerStore
-        from batchbridge.settings import load_settings
 
         store = LedgerStore.from_url(load_settings(config_dir).database_url)
         try:
@@ -356,16 +356,17 @@ def _bench(rows: int, engine: str, workdir: Path) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["BATCHBRIDGE_STAGING_DIR"] = str(workdir / "staging")
 
-    from batchbridge.ledger.store import LedgerStore
-    from batchbridge.testing.lab_data import expected_quarantined
-    from batchbridge.testing.postgres import start_postgres
-    from batchbridge.testing.scenario import (
+    from tests.support.postgres import start_postgres
+    from tests.support.sshd import start_sshd
+
+    from batchbridge.demo.lab_data import expected_quarantined
+    from batchbridge.demo.scenario import (
         SftpEndpoint,
         build_lab_scenario,
         lab_file_name,
         postgres_target,
     )
-    from batchbridge.testing.sshd import start_sshd
+    from batchbridge.ledger.store import LedgerStore
 
     print(
         f"batchbridge bench: {rows:,} rows, engine {engine}, {os.cpu_count()} CPUs, "
@@ -464,7 +465,7 @@ def _print_table(
     generated: dict[str, Any],
     runs: list[RunFigures],
 ) -> None:
-    from batchbridge.testing.lab_data import expected_quarantined
+    from batchbridge.demo.lab_data import expected_quarantined
 
     mb = 1024 * 1024
     print("\nsetup (not part of the measured runs)")

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
-    from batchbridge.testing.scenario import LabFeedScenario
+    from batchbridge.demo.scenario import LabFeedScenario
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TENANTS = ("acme_lab", "birch_lab", "cedar_lab", "delta_lab")
@@ -168,7 +168,7 @@ def _build_feed(tenant: str, suffix: str, workdir: Path, sshd: Any, config_dir: 
     """A lab_results feed for `tenant` on the shared sshd, its YAML in `config_dir`."""
     import yaml
 
-    from batchbridge.testing.scenario import SftpEndpoint, build_lab_scenario, postgres_target
+    from batchbridge.demo.scenario import SftpEndpoint, build_lab_scenario, postgres_target
 
     name = f"{tenant}_{suffix}"
     drop_dir = sshd.root / name
@@ -206,8 +206,8 @@ def _build_feed(tenant: str, suffix: str, workdir: Path, sshd: Any, config_dir: 
 
 def _drop_files(feed: Feed, count: int) -> None:
     """`count` new files with new record ids (so every good row is an insert)."""
-    from batchbridge.testing.lab_data import generate_lab_rows
-    from batchbridge.testing.scenario import lab_file_name
+    from batchbridge.demo.lab_data import generate_lab_rows
+    from batchbridge.demo.scenario import lab_file_name
 
     for _ in range(count):
         index = feed.dropped
@@ -422,12 +422,13 @@ def main(argv: list[str] | None = None) -> int:
 def _scale_out(workdir: Path) -> int:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from tests.support.postgres import start_postgres
+    from tests.support.prefect_server import start_prefect_server
+    from tests.support.sshd import start_sshd
+
     from batchbridge.cli.deploy import deploy_command
-    from batchbridge.flows.deploy import WORK_POOL
+    from batchbridge.deploy.names import WORK_POOL
     from batchbridge.ledger.store import LedgerStore
-    from batchbridge.testing.postgres import start_postgres
-    from batchbridge.testing.prefect_server import start_prefect_server
-    from batchbridge.testing.sshd import start_sshd
 
     print(
         f"batchbridge scale-out: {len(TENANTS)} tenants x {len(FEEDS_PER_TENANT)} feeds, "

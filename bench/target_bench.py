@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+from tests.support.postgres import start_postgres
 
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.postgres import PostgresTarget
-from batchbridge.testing.postgres import start_postgres
 from batchbridge.validations.base import ROW_COLUMN
 
 COLUMNS = [

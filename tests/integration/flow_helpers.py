@@ -7,11 +7,11 @@ from typing import Any
 
 import psycopg
 
+from batchbridge.config.settings import load_settings
+from batchbridge.demo.scenario import LabFeedScenario
 from batchbridge.flows.nightly import nightly_feed
 from batchbridge.ledger.run_report import RunReport
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
-from batchbridge.testing.scenario import LabFeedScenario
 
 
 def run_flow(scenario: LabFeedScenario, **params: Any) -> RunReport:

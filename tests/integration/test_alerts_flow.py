@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
+from batchbridge.demo.keys import write_secret_file
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.flows.arrivals import check_arrivals
-from batchbridge.testing.keys import write_secret_file
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
-from batchbridge.testing.webhook import WebhookReceiver
 from tests.integration.flow_helpers import run_flow
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -11,9 +11,9 @@ import prefect.settings
 import pytest
 import yaml
 
-from batchbridge.testing.keys import generate_ed25519
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
+from batchbridge.demo.keys import generate_ed25519
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

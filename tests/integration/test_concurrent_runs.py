@@ -12,11 +12,11 @@ import prefect.settings
 import pytest
 from sqlalchemy import func, select
 
+from batchbridge.config.settings import load_settings
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.ledger.models import Load
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
 from tests.integration.flow_helpers import target_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]

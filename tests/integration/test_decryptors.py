@@ -17,11 +17,12 @@ from pgpy.packet.packets import IntegrityProtectedSKEDataV1, PKESessionKeyV3
 from pydantic import SecretStr
 
 from batchbridge.config import load_feed_file
-from batchbridge.connectors.decryptors.base import Decryptor, DecryptorKeys, DecryptorLimits
-from batchbridge.connectors.decryptors.gnupg import GnuPGDecryptor
-from batchbridge.connectors.decryptors.keys import key_expiries
-from batchbridge.connectors.decryptors.pgpy_engine import PGPyDecryptor
-from batchbridge.connectors.decryptors.registry import DECRYPTOR_ENGINES, build_decryptor
+from batchbridge.connectors.pgp.base import Decryptor, DecryptorKeys, DecryptorLimits
+from batchbridge.connectors.pgp.gnupg import GnuPGDecryptor
+from batchbridge.connectors.pgp.keys import key_expiries
+from batchbridge.connectors.pgp.pgpy_engine import PGPyDecryptor
+from batchbridge.connectors.pgp.registry import DECRYPTOR_ENGINES, build_decryptor
+from batchbridge.demo.gpg import CompressAlgo, flip_bit, truncate
 from batchbridge.errors import (
     BatchbridgeError,
     ConfigError,
@@ -30,7 +31,6 @@ from batchbridge.errors import (
     PlaintextLimitError,
     SignatureError,
 )
-from batchbridge.testing.gpg import CompressAlgo, flip_bit, truncate
 from tests.plugins.gpg import CANARY, GpgTestKeys, MakeMessage, lab_plaintext
 
 pytestmark = pytest.mark.integration

@@ -20,13 +20,8 @@ import polars as pl
 import psycopg
 import pytest
 
-from batchbridge.ledger.models import TargetRejection
-from batchbridge.ledger.store import LedgerStore
-from batchbridge.testing.fhir_server import FhirServerProcess
-from batchbridge.testing.hl7_data import render_lab_hl7
-from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
-from batchbridge.testing.roster_data import generate_roster_rows, render_roster, roster_file_name
-from batchbridge.testing.scenario import (
+from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
+from batchbridge.demo.scenario import (
     LAB_TARGET_COLUMNS,
     LabFeedScenario,
     SftpEndpoint,
@@ -34,8 +29,13 @@ from batchbridge.testing.scenario import (
     build_shipped_feed_scenario,
     lab_file_name,
 )
-from batchbridge.testing.sshd import SshdServer
+from batchbridge.ledger.models import TargetRejection
+from batchbridge.ledger.store import LedgerStore
 from tests.integration.flow_helpers import libpq_url, run_flow
+from tests.support.fhir_server import FhirServerProcess
+from tests.support.hl7_data import render_lab_hl7
+from tests.support.roster_data import generate_roster_rows, render_roster, roster_file_name
+from tests.support.sshd import SshdServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -19,17 +19,17 @@ from batchbridge.config import load_feed
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.fhir import ClientCredentials, FhirTarget
 from batchbridge.connectors.targets.registry import open_target
+from batchbridge.demo.lab_data import LAB_TESTS, generate_lab_rows, mapping_frame
+from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import TargetError, TransientTargetError
-from batchbridge.testing.fhir_server import FhirServerProcess, start_fhir_server
-from batchbridge.testing.lab_data import LAB_TESTS, generate_lab_rows, mapping_frame
-from batchbridge.testing.scenario import LAB_TARGET_COLUMNS
 from batchbridge.validations.base import (
     ROW_COLUMN,
     FhirIdentity,
     TransformContext,
     ValidationContext,
 )
-from batchbridge.validations.lab_results import LAB_RESULTS
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from tests.support.fhir_server import FhirServerProcess, start_fhir_server
 from tests.unit.feed_helpers import write_feed
 
 pytestmark = pytest.mark.integration

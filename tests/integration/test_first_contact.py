@@ -21,7 +21,7 @@ import paramiko
 import pytest
 
 from batchbridge.cli.prefect_env import read_local_server
-from batchbridge.testing.sftp_server import EmbeddedSftpServer
+from batchbridge.demo.sftp_server import EmbeddedSftpServer
 
 pytestmark = pytest.mark.integration
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from batchbridge.cli.app import main
-from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
-from batchbridge.tasks.health_checks import run_feed_checks
-from batchbridge.testing.scenario import LabFeedScenario
-from batchbridge.testing.sshd import SshdServer
+from batchbridge.connectors.ssh.host_keys import fingerprint, parse_host_key
+from batchbridge.demo.scenario import LabFeedScenario
+from batchbridge.monitoring.health_checks import run_feed_checks
+from tests.support.sshd import SshdServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ import yaml
 
 from batchbridge.cli.app import main
 from batchbridge.config import load_feed
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.flows.health import health_check
-from batchbridge.tasks.health_checks import run_feed_checks
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
-from batchbridge.testing.sshd import SshdServer
+from batchbridge.monitoring.health_checks import run_feed_checks
 from tests.integration.flow_helpers import libpq_url, target_rows
+from tests.support.sshd import SshdServer
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,7 @@ def test_dry_run_of_an_unsigned_file_fails_whole(
 def test_dry_run_of_a_plaintext_sample_warns(
     scenario: LabFeedScenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from batchbridge.testing.lab_data import render_lab_csv
+    from batchbridge.demo.lab_data import render_lab_csv
 
     sample = tmp_path / "synthetic.csv"
     sample.write_bytes(

@@ -7,14 +7,14 @@ from datetime import date
 import polars as pl
 import pytest
 
-from batchbridge.testing.gpg import flip_bit
-from batchbridge.testing.lab_data import expected_quarantined, generate_lab_rows, render_lab_csv
-from batchbridge.testing.scenario import (
+from batchbridge.demo.gpg import flip_bit
+from batchbridge.demo.lab_data import expected_quarantined, generate_lab_rows, render_lab_csv
+from batchbridge.demo.scenario import (
     LabFeedScenario,
     lab_file_name,
 )
-from batchbridge.testing.sshd import SshdServer
 from tests.integration.flow_helpers import run_flow, target_rows, without_lineage
+from tests.support.sshd import SshdServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -14,19 +14,19 @@ import psycopg
 import pytest
 
 from batchbridge.config import load_feed
-from batchbridge.testing.roster_data import (
-    generate_roster_rows,
-    render_roster,
-    roster_file_name,
-)
-from batchbridge.testing.scenario import (
+from batchbridge.demo.scenario import (
     LabFeedScenario,
     SftpEndpoint,
     build_shipped_feed_scenario,
 )
-from batchbridge.testing.sshd import SshdServer
-from batchbridge.validations.patient_roster import OUTPUT_COLUMNS
+from batchbridge.validations.schemas.patient_roster import OUTPUT_COLUMNS
 from tests.integration.flow_helpers import libpq_url, run_flow
+from tests.support.roster_data import (
+    generate_roster_rows,
+    render_roster,
+    roster_file_name,
+)
+from tests.support.sshd import SshdServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -17,10 +17,10 @@ from pydantic import BaseModel
 
 from batchbridge.cli.app import main
 from batchbridge.connectors.secrets import resolve_secret
+from batchbridge.demo.lab_data import generate_lab_rows, render_lab_csv
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.ledger.crypto import EncryptedRow, RowCipher, row_associated_data
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
 from tests.integration.flow_helpers import target_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]

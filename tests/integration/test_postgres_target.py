@@ -17,8 +17,8 @@ import pytest
 from batchbridge.connectors.targets.base import LoadRequest
 from batchbridge.connectors.targets.postgres import PostgresTarget
 from batchbridge.errors import TargetError, TransientTargetError
-from batchbridge.testing.postgres import PostgresServer
 from batchbridge.validations.base import ROW_COLUMN
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
 

@@ -16,19 +16,15 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from batchbridge.cli.deploy import deploy_command
-from batchbridge.flows.deploy import (
-    CHECKOUT_ENV,
-    PULL_STEP,
-    WORK_POOL,
-    tenant_queue,
-)
+from batchbridge.demo.keys import write_secret_file
+from batchbridge.demo.lab_data import expected_quarantined, generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
+from batchbridge.deploy.names import WORK_POOL, tenant_queue
+from batchbridge.deploy.prefect_yaml import CHECKOUT_ENV, PULL_STEP
 from batchbridge.ledger.run_report import RunReport
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.testing.keys import write_secret_file
-from batchbridge.testing.lab_data import expected_quarantined, generate_lab_rows
-from batchbridge.testing.prefect_server import PrefectServer, start_prefect_server
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
 from tests.integration.flow_helpers import target_rows, without_lineage
+from tests.support.prefect_server import PrefectServer, start_prefect_server
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from batchbridge import progress
 from batchbridge.cli.progress_display import TerminalProgress
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from tests.integration.flow_helpers import run_flow
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]

@@ -9,11 +9,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from sqlalchemy import select
 
+from batchbridge.demo.lab_data import generate_lab_rows
 from batchbridge.flows.replay import replay_quarantine
 from batchbridge.ledger.models import AuditEvent, Run
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.steward import LocalLabFeed, build_local_lab_feed
+from tests.support.steward import LocalLabFeed, build_local_lab_feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

@@ -10,10 +10,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from batchbridge.cli.run import run_feed_once
+from batchbridge.config.settings import load_settings
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

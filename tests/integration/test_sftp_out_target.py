@@ -14,18 +14,18 @@ import pytest
 from pydantic import SecretStr
 
 from batchbridge.config import SftpTargetConfig, load_feed
-from batchbridge.connectors.decryptors.base import DecryptorKeys, DecryptorLimits
-from batchbridge.connectors.decryptors.gnupg import GnuPGDecryptor
-from batchbridge.connectors.pgp_encrypt import EncryptionKeys, GpgEncryptor
+from batchbridge.connectors.pgp.base import DecryptorKeys, DecryptorLimits
+from batchbridge.connectors.pgp.encrypt import EncryptionKeys, GpgEncryptor
+from batchbridge.connectors.pgp.gnupg import GnuPGDecryptor
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.extract import Sidecar, part_name, render_csv
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.connectors.targets.sftp_out import POSIX_RENAME, SftpTarget
+from batchbridge.demo.keys import generate_ed25519, write_secret_file
+from batchbridge.demo.sftp_server import EmbeddedSftpServer, start_sftp_server
 from batchbridge.errors import ConfigError, TargetError
-from batchbridge.testing.keys import generate_ed25519, write_secret_file
-from batchbridge.testing.sftp_server import EmbeddedSftpServer, start_sftp_server
-from batchbridge.testing.sshd import SshdServer
 from tests.plugins.gpg import GpgTestKeys
+from tests.support.sshd import SshdServer
 from tests.unit.feed_helpers import write_feed
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,8 @@ import pytest
 from batchbridge.config import SftpSourceConfig
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.connectors.sources.sftp import SftpSource
+from batchbridge.demo.keys import generate_ed25519, write_secret_file
+from batchbridge.demo.sftp_server import EmbeddedSftpServer, start_sftp_server
 from batchbridge.errors import (
     HostKeyError,
     IncompleteDownloadError,
@@ -26,10 +28,8 @@ from batchbridge.errors import (
     TransientSourceError,
     UnsafeRemoteNameError,
 )
-from batchbridge.testing.keys import generate_ed25519, write_secret_file
-from batchbridge.testing.sftp_server import EmbeddedSftpServer, start_sftp_server
-from batchbridge.testing.sshd import SshdServer, start_sshd
 from tests.plugins.sshd import SftpConfigFactory, require_sshd, sftp_config_for
+from tests.support.sshd import SshdServer, start_sshd
 
 pytestmark = pytest.mark.integration
 OLD = time.time() - 3600

@@ -12,18 +12,18 @@ import pytest
 from sqlalchemy import select
 
 from batchbridge.cli.app import main
+from batchbridge.config.settings import load_settings
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.errors import AccessDeniedError, QuarantineRowNotFoundError
 from batchbridge.ledger.audit import verify_chain
 from batchbridge.ledger.crypto import QuarantineDecryptError
 from batchbridge.ledger.models import AuditEvent, QuarantinedRow
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
 from batchbridge.steward.release import release_rows
 from batchbridge.steward.service import StewardService
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.postgres import PostgresServer
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
 from tests.integration.flow_helpers import libpq_url, run_flow, target_rows
+from tests.support.postgres import PostgresServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

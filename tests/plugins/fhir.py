@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchbridge.testing.fhir_server import FhirServerProcess, start_fhir_server
+from tests.support.fhir_server import FhirServerProcess, start_fhir_server
 
 
 @pytest.fixture(scope="session")

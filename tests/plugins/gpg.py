@@ -13,8 +13,8 @@ from typing import Literal, Protocol
 import pytest
 from pydantic import SecretStr
 
-from batchbridge.connectors.decryptors.base import DecryptorKeys
-from batchbridge.testing.gpg import CompressAlgo, GpgKeyring, gpg_available
+from batchbridge.connectors.pgp.base import DecryptorKeys
+from batchbridge.demo.gpg import CompressAlgo, GpgKeyring, gpg_available
 
 Signer = Literal["partner", "stranger", "revoked", "expired"]
 Recipient = Literal["ours", "stranger"]

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from batchbridge.testing.postgres import PostgresNotFoundError, PostgresServer, start_postgres
+from tests.support.postgres import PostgresNotFoundError, PostgresServer, start_postgres
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from batchbridge.testing.scenario import (
+from batchbridge.demo.scenario import (
     LabFeedScenario,
     SftpEndpoint,
     build_lab_scenario,
     postgres_target,
 )
-from batchbridge.testing.sshd import SshdServer
+from tests.support.sshd import SshdServer
 
 
 @pytest.fixture

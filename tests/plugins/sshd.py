@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from batchbridge.config import SftpSourceConfig
-from batchbridge.testing.sshd import SSHD_BINARY, SshdServer, sshd_available, start_sshd
+from tests.support.sshd import SSHD_BINARY, SshdServer, sshd_available, start_sshd
 
 SftpConfigFactory = Callable[..., SftpSourceConfig]
 

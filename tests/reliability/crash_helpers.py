@@ -23,17 +23,17 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from batchbridge.crashpoints import CRASH_AT_ENV, CRASH_TESTING_ENV, CRASH_TRACE_ENV
-from batchbridge.ledger.audit import verify_chain
-from batchbridge.testing.lab_data import expected_quarantined, generate_lab_rows
-from batchbridge.testing.postgres import PostgresServer
-from batchbridge.testing.scenario import (
+from batchbridge.demo.lab_data import expected_quarantined, generate_lab_rows
+from batchbridge.demo.scenario import (
     LAB_TARGET_COLUMNS,
     LabFeedScenario,
     SftpEndpoint,
     build_lab_scenario,
     lab_file_name,
 )
-from batchbridge.testing.sshd import SshdServer
+from batchbridge.ledger.audit import verify_chain
+from tests.support.postgres import PostgresServer
+from tests.support.sshd import SshdServer
 
 FILE_DATE = date(2026, 11, 20)
 CANARIES = ("Zebulonquix", "Orvillecanary")

@@ -36,8 +36,6 @@ from batchbridge.crashpoints import (
     CrashSpec,
     parse_crash_spec,
 )
-from batchbridge.testing.postgres import PostgresServer
-from batchbridge.testing.sshd import SshdServer
 from tests.reliability.conftest import FULL, Figures
 from tests.reliability.crash_helpers import (
     CliRun,
@@ -50,6 +48,8 @@ from tests.reliability.crash_helpers import (
     check_final_report,
     read_trace,
 )
+from tests.support.postgres import PostgresServer
+from tests.support.sshd import SshdServer
 
 RELEASE_ONLY = ("mid_release", "mid_release_settle", "release_before_report")
 NIGHTLY_POINTS = tuple(p for p in CRASH_POINTS if p not in RELEASE_ONLY)

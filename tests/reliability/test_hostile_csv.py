@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchbridge.config import FormatConfig
+from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
 from batchbridge.errors import BatchbridgeError, FileRejectedError
 from batchbridge.steward.csv_files import FORMULA_STARTS, neutralise, unneutralise
-from batchbridge.tasks.validate import ValidatedFile, parse_and_validate
-from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
 from batchbridge.validations.base import ROW_COLUMN, ValidationContext
-from batchbridge.validations.lab_results import COLUMNS, LAB_RESULTS
+from batchbridge.validations.parse import ValidatedFile, parse_and_validate
+from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
 from tests.reliability.conftest import FULL, Figures
 
 # Background threads of the session (Prefect's workers, paramiko) may draw from the global

@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchbridge.config import Hl7v2FormatConfig
+from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame
 from batchbridge.errors import BatchbridgeError, FileRejectedError
-from batchbridge.tasks.validate import ValidatedFile, parse_and_validate
-from batchbridge.testing.hl7_data import render_lab_hl7
-from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame
 from batchbridge.validations.base import ROW_COLUMN, ValidationContext
-from batchbridge.validations.lab_results import COLUMNS, LAB_RESULTS
+from batchbridge.validations.parse import ValidatedFile, parse_and_validate
+from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
 from tests.reliability.conftest import FULL, Figures
+from tests.support.hl7_data import render_lab_hl7
 
 # Background threads of the session (Prefect's workers, paramiko) may draw from the global
 # `random` while Hypothesis generates an example; Hypothesis then blames the strategy.

@@ -25,9 +25,9 @@ from batchbridge.connectors.sources.names import (
 )
 from batchbridge.connectors.sources.sftp import SftpSource
 from batchbridge.errors import BatchbridgeError, SourceError, UnsafeRemoteNameError
-from batchbridge.testing.sshd import SshdServer
 from tests.plugins.sshd import sftp_config_for
 from tests.reliability.conftest import FULL, Figures
+from tests.support.sshd import SshdServer
 
 # Background threads of the session (Prefect's workers, paramiko) may draw from the global
 # `random` while Hypothesis generates an example; Hypothesis then blames the strategy.

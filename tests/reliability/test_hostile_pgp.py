@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from pgpy.constants import SymmetricKeyAlgorithm
 from pgpy.packet.packets import IntegrityProtectedSKEDataV1, PKESessionKeyV3
 
-from batchbridge.connectors.decryptors.base import Decryptor, DecryptorKeys, DecryptorLimits
-from batchbridge.connectors.decryptors.gnupg import GnuPGDecryptor
-from batchbridge.connectors.decryptors.pgpy_engine import PGPyDecryptor
+from batchbridge.connectors.pgp.base import Decryptor, DecryptorKeys, DecryptorLimits
+from batchbridge.connectors.pgp.gnupg import GnuPGDecryptor
+from batchbridge.connectors.pgp.pgpy_engine import PGPyDecryptor
 from batchbridge.errors import BatchbridgeError, DecryptError
 from tests.plugins.gpg import CANARY, GpgTestKeys, lab_plaintext
 from tests.reliability.conftest import FULL, Figures
@@ -685,9 +685,9 @@ MEASURE = """
 import json, subprocess, sys, threading, time
 from pathlib import Path
 from pydantic import SecretStr
-from batchbridge.connectors.decryptors.base import DecryptorKeys, DecryptorLimits
-from batchbridge.connectors.decryptors.gnupg import GnuPGDecryptor
-from batchbridge.connectors.decryptors.pgpy_engine import PGPyDecryptor
+from batchbridge.connectors.pgp.base import DecryptorKeys, DecryptorLimits
+from batchbridge.connectors.pgp.gnupg import GnuPGDecryptor
+from batchbridge.connectors.pgp.pgpy_engine import PGPyDecryptor
 from batchbridge.errors import BatchbridgeError
 
 

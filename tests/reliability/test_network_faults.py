@@ -23,22 +23,22 @@ from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.connectors.sources.sftp import SftpSource
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.postgres import PostgresTarget
-from batchbridge.errors import TransientSourceError, TransientTargetError
-from batchbridge.testing.faultproxy import Direction, Fault, FaultKind, FaultProxy
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.postgres import PostgresServer
-from batchbridge.testing.scenario import (
+from batchbridge.demo.lab_data import generate_lab_rows
+from batchbridge.demo.scenario import (
     LabFeedScenario,
     SftpEndpoint,
     build_lab_scenario,
     lab_file_name,
     postgres_target,
 )
-from batchbridge.testing.sshd import SshdServer
+from batchbridge.errors import TransientSourceError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
 from tests.integration.flow_helpers import libpq_url, run_flow, target_rows
 from tests.plugins.sshd import sftp_config_for
 from tests.reliability.conftest import FULL, Figures
+from tests.support.faultproxy import Direction, Fault, FaultKind, FaultProxy
+from tests.support.postgres import PostgresServer
+from tests.support.sshd import SshdServer
 
 pytestmark = pytest.mark.integration
 

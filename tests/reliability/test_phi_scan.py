@@ -17,15 +17,15 @@ from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, T
 from pydantic import BaseModel
 from sqlalchemy import MetaData, select
 
+from batchbridge.config.settings import load_settings
+from batchbridge.demo.lab_data import generate_lab_rows, render_lab_csv
+from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
 from batchbridge.steward.release import release_rows
 from batchbridge.steward.service import StewardService
-from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
-from batchbridge.testing.scenario import LabFeedScenario, lab_file_name
-from batchbridge.testing.webhook import WebhookReceiver
 from tests.integration.flow_helpers import run_flow, target_rows
 from tests.reliability.conftest import Figures
+from tests.support.webhook import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 

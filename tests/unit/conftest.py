@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchbridge.testing.steward import LocalLabFeed
+from tests.support.steward import LocalLabFeed
 from tests.unit.steward_cli_helpers import build_steward_lab
 
 

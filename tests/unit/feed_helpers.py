@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from batchbridge.testing.lab_data import mapping_frame
-from batchbridge.testing.scenario import LAB_TARGET_COLUMNS
+from batchbridge.demo.lab_data import mapping_frame
+from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 
 
 def pgp_key(*, expires_in: timedelta | None = None, passphrase: str | None = None) -> Any:

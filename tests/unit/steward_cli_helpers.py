@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from batchbridge.cli.app import main
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.steward import LocalLabFeed, build_local_lab_feed
+from batchbridge.demo.lab_data import generate_lab_rows
+from tests.support.steward import LocalLabFeed, build_local_lab_feed
 
 FILE_DATE = date(2026, 11, 20)
 CANARIES = ["Zebulonquix", "Orvillecanary"]

@@ -14,10 +14,23 @@ from pydantic import SecretStr
 
 from batchbridge.cli.app import main
 from batchbridge.config import AlertsConfig, ArrivalWindow, FeedConfig, LoadedFeed, load_feed
-from batchbridge.connectors.alerts import WebhookClient, check_webhook_url, parse_retry_after
 from batchbridge.connectors.sources.base import RemoteFile
+from batchbridge.connectors.webhook import WebhookClient, check_webhook_url, parse_retry_after
 from batchbridge.errors import AlertDeliveryError, ConfigError
 from batchbridge.ledger.run_report import FileReport, RunReport
+from batchbridge.monitoring.alert_delivery import deliver_alerts
+from batchbridge.monitoring.alert_rules import (
+    MAX_WEBHOOK_MESSAGES,
+    Alert,
+    AlertKind,
+    KeyExpiry,
+    Severity,
+    alerts_for_run,
+    key_expiry_alerts,
+    late_file_alert,
+    render_alert,
+    webhook_payload,
+)
 from batchbridge.monitoring.arrival_rules import (
     SeenFile,
     count_arrivals,
@@ -26,21 +39,8 @@ from batchbridge.monitoring.arrival_rules import (
     parse_now,
 )
 from batchbridge.tasks import alerts as alerts_module
-from batchbridge.tasks.alerts import (
-    MAX_WEBHOOK_MESSAGES,
-    Alert,
-    AlertKind,
-    KeyExpiry,
-    Severity,
-    alert_on_run,
-    alerts_for_run,
-    deliver_alerts,
-    key_expiry_alerts,
-    late_file_alert,
-    render_alert,
-    webhook_payload,
-)
-from batchbridge.testing.webhook import WebhookReceiver
+from batchbridge.tasks.alerts import alert_on_run
+from tests.support.webhook import WebhookReceiver
 
 FEEDS_DIR = Path(__file__).resolve().parents[2] / "deployments" / "feeds"
 CHICAGO = "America/Chicago"

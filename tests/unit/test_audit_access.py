@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import delete, select, update
 
-from batchbridge.access import (
+from batchbridge.config.stewards import (
     Role,
     StewardDirectory,
     current_actor,

@@ -9,7 +9,7 @@ import yaml
 
 from batchbridge.config import list_feeds, load_feed, load_feed_file
 from batchbridge.errors import ConfigError, FeedNotFoundError
-from batchbridge.preflight import check_feed
+from batchbridge.monitoring.preflight import check_feed
 
 FEEDS_DIR = Path(__file__).resolve().parents[2] / "deployments" / "feeds"
 

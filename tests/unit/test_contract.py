@@ -10,7 +10,7 @@ import pytest
 from batchbridge.config import ContractWindow, FileContractConfig
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.errors import ContractViolationError
-from batchbridge.tasks.contract import (
+from batchbridge.validations.contract import (
     check_declared_count,
     check_listing,
     check_manifest,

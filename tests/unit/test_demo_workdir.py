@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from batchbridge.cli.demo import steward_commands
-from batchbridge.errors import ConfigError
-from batchbridge.testing.demo_workdir import (
+from batchbridge.demo.keys import generate_ed25519, write_secret_file
+from batchbridge.demo.scenario import SftpEndpoint, lab_file_name, reopen_lab_scenario
+from batchbridge.demo.workdir import (
     MARKER,
     NEEDED_TO_KEEP,
     DemoStart,
@@ -23,8 +24,7 @@ from batchbridge.testing.demo_workdir import (
     prepare_workdir,
     renumber_records,
 )
-from batchbridge.testing.keys import generate_ed25519, write_secret_file
-from batchbridge.testing.scenario import SftpEndpoint, lab_file_name, reopen_lab_scenario
+from batchbridge.errors import ConfigError
 from tests.unit.feed_helpers import pgp_key
 
 DAY = date(2026, 11, 20)

@@ -11,17 +11,16 @@ import yaml
 from prefect.flows import Flow
 
 from batchbridge.config import list_feeds, load_feed
-from batchbridge.errors import ConfigError
-from batchbridge.flows.deploy import (
+from batchbridge.deploy.names import WORK_POOL, tenant_queue
+from batchbridge.deploy.prefect_yaml import (
     CHECKOUT_ENV,
     PULL_STEP,
-    WORK_POOL,
     FeedDeployment,
     build_plan,
     check_prefect_file,
     enter_checkout,
-    tenant_queue,
 )
+from batchbridge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 FEEDS_DIR = ROOT / "deployments" / "feeds"

@@ -9,9 +9,9 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame
+from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import ConfigError
-from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame
-from batchbridge.testing.scenario import LAB_TARGET_COLUMNS
 from batchbridge.validations.base import (
     ROW_COLUMN,
     FhirIdentity,
@@ -19,8 +19,8 @@ from batchbridge.validations.base import (
     TransformContext,
     ValidationContext,
 )
-from batchbridge.validations.lab_results import LAB_RESULTS
-from batchbridge.validations.lab_results_fhir import (
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from batchbridge.validations.schemas.lab_results_fhir import (
     INTERPRETATION_SYSTEM,
     LOINC_SYSTEM,
     lab_fhir_resources,

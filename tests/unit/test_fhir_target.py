@@ -24,17 +24,17 @@ from batchbridge.connectors.targets.fhir import (
     open_fhir_target,
 )
 from batchbridge.connectors.targets.registry import open_target
+from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
-from batchbridge.testing.fhir_server import (
+from batchbridge.validations.base import ROW_COLUMN, FhirIdentity
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from tests.support.fhir_server import (
     FhirFailure,
     ServerState,
     operation_outcome,
     run_transaction,
     search,
 )
-from batchbridge.testing.scenario import LAB_TARGET_COLUMNS
-from batchbridge.validations.base import ROW_COLUMN, FhirIdentity
-from batchbridge.validations.lab_results import LAB_RESULTS
 from tests.unit.feed_helpers import write_feed
 
 BASE = "http://127.0.0.1:8080/fhir"

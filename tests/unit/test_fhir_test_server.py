@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from batchbridge.testing.fhir_server import (
+from tests.support.fhir_server import (
     FhirFailure,
     ServerState,
     parse_tokens,

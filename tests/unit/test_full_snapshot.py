@@ -13,7 +13,7 @@ from batchbridge.connectors.targets.base import LoadRequest
 from batchbridge.connectors.targets.sqlite import SqliteTarget
 from batchbridge.errors import MalformedFileError, TrailerMismatchError
 from batchbridge.validations.base import ROW_COLUMN
-from batchbridge.validations.reader import read_delimited
+from batchbridge.validations.readers.delimited import read_delimited
 
 
 def request(ids: list[str], load_id: str, kept: list[str] | None = None) -> LoadRequest:

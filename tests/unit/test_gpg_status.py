@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from batchbridge.connectors.decryptors.status import (
+from batchbridge.connectors.pgp.status import (
     GpgVerdict,
     evaluate,
     parse_gpg_time,

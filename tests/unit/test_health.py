@@ -14,9 +14,10 @@ import pytest
 from batchbridge.cli.app import main
 from batchbridge.config import LoadedFeed, load_feed
 from batchbridge.connectors.sources.sftp import SftpProbe
-from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
+from batchbridge.connectors.ssh.host_keys import fingerprint, parse_host_key
+from batchbridge.demo.keys import generate_ed25519
 from batchbridge.errors import HostKeyError, SourceError, TransientSourceError
-from batchbridge.tasks.health_checks import (
+from batchbridge.monitoring.health_checks import (
     UNPINNED_HOST_KEY,
     CheckResult,
     FeedHealth,
@@ -26,8 +27,7 @@ from batchbridge.tasks.health_checks import (
     feed_secret_references,
     run_feed_checks,
 )
-from batchbridge.tasks.health_report import render_health_markdown
-from batchbridge.testing.keys import generate_ed25519
+from batchbridge.monitoring.health_report import render_health_markdown
 from tests.unit.feed_helpers import write_feed
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

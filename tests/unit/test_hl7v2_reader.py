@@ -8,24 +8,24 @@ import polars as pl
 import pytest
 
 from batchbridge.config import FormatConfig, Hl7v2FormatConfig
+from batchbridge.demo.lab_data import (
+    BAD_ROW_REASONS,
+    expected_quarantined,
+    generate_lab_rows,
+    mapping_frame,
+)
 from batchbridge.errors import (
     ConfigError,
     FileRejectedError,
     MalformedFileError,
     TrailerMismatchError,
 )
-from batchbridge.tasks.validate import parse_and_validate
-from batchbridge.testing.hl7_data import escape, hl7_row_order, render_lab_hl7
-from batchbridge.testing.lab_data import (
-    BAD_ROW_REASONS,
-    expected_quarantined,
-    generate_lab_rows,
-    mapping_frame,
-)
 from batchbridge.validations.base import REASONS_COLUMN, ROW_COLUMN, ParsedFile, ValidationContext
 from batchbridge.validations.formats import read_plaintext
-from batchbridge.validations.hl7v2 import read_hl7v2
-from batchbridge.validations.lab_results import COLUMNS, LAB_RESULTS
+from batchbridge.validations.parse import parse_and_validate
+from batchbridge.validations.readers.hl7v2 import read_hl7v2
+from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
+from tests.support.hl7_data import escape, hl7_row_order, render_lab_hl7
 
 FMT = Hl7v2FormatConfig()
 FILE_DATE = date(2026, 11, 20)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from batchbridge.config import FormatConfig
-from batchbridge.testing.lab_data import (
+from batchbridge.demo.lab_data import (
     BAD_ROW_REASONS,
     LAB_COLUMNS,
     expected_quarantined,
@@ -21,8 +21,8 @@ from batchbridge.testing.lab_data import (
 )
 from batchbridge.validations.base import REASONS_COLUMN, ROW_COLUMN, ValidationContext
 from batchbridge.validations.checks import npi_digits_valid
-from batchbridge.validations.lab_results import LAB_RESULTS
-from batchbridge.validations.reader import read_delimited
+from batchbridge.validations.readers.delimited import read_delimited
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS
 
 FILE_DATE = date(2024, 3, 11)  # the day after Chicago springs forward
 CTX = ValidationContext(

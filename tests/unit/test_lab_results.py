@@ -12,13 +12,13 @@ import polars as pl
 import pytest
 from pandera.config import ValidationDepth, config_context
 
-from batchbridge.errors import ConfigError, SchemaDriftError
-from batchbridge.testing.lab_data import (
+from batchbridge.demo.lab_data import (
     BAD_ROW_REASONS,
     expected_quarantined,
     generate_lab_rows,
     mapping_frame,
 )
+from batchbridge.errors import ConfigError, SchemaDriftError
 from batchbridge.validations.base import (
     REASONS_COLUMN,
     ROW_COLUMN,
@@ -27,14 +27,14 @@ from batchbridge.validations.base import (
     ValidationContext,
     ValidationResult,
 )
-from batchbridge.validations.lab_results import (
+from batchbridge.validations.registry import get_schema, known_schemas
+from batchbridge.validations.schemas.lab_results import (
     COLUMNS,
     LAB_RESULTS,
     OUTPUT_COLUMNS,
     pseudonymize,
     reason_names,
 )
-from batchbridge.validations.registry import get_schema, known_schemas
 
 FILE_DATE = date(2024, 11, 4)
 TZ = "America/Chicago"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from batchbridge.demo.lab_data import mapping_frame
 from batchbridge.errors import ConfigError
-from batchbridge.testing.lab_data import mapping_frame
-from batchbridge.validations.lab_results import LAB_RESULTS, MAPPING_COLUMNS
 from batchbridge.validations.mapping import load_mapping
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS, MAPPING_COLUMNS
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deployments" / "mappings" / "acme_lab_loinc.csv"
 

@@ -17,7 +17,9 @@ from batchbridge.cli.app import main
 from batchbridge.cli.onboard_deploy import deploy_command
 from batchbridge.cli.onboard_host_key import host_key_command
 from batchbridge.config import UNPINNED_HOST_KEY, load_feed
-from batchbridge.connectors.sources.ssh_keys import fingerprint, parse_host_key
+from batchbridge.connectors.ssh.host_keys import fingerprint, parse_host_key
+from batchbridge.demo.keys import generate_ed25519
+from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
 from batchbridge.errors import ConfigError, HostKeyError
 from batchbridge.onboarding.dry_run import (
     COUNT_COLUMN,
@@ -27,10 +29,8 @@ from batchbridge.onboarding.dry_run import (
 )
 from batchbridge.onboarding.feed_yaml import replace_host_keys
 from batchbridge.onboarding.host_keys import HOST_KEY_FAMILIES, key_line, offered_host_keys
-from batchbridge.testing.keys import generate_ed25519
-from batchbridge.testing.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
-from batchbridge.validations.lab_results import MAPPING_COLUMNS
 from batchbridge.validations.mapping import load_mapping
+from batchbridge.validations.schemas.lab_results import MAPPING_COLUMNS
 from tests.unit.feed_helpers import write_feed
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from batchbridge.access import Role, load_directory
 from batchbridge.cli.app import main
 from batchbridge.config import load_feed, secret_references
+from batchbridge.config.stewards import Role, load_directory
+from batchbridge.demo.keys import generate_ed25519
+from batchbridge.deploy.prefect_yaml import build_plan
 from batchbridge.errors import ConfigError
-from batchbridge.flows.deploy import build_plan
 from batchbridge.onboarding.feed_yaml import pin_host_keys
 from batchbridge.onboarding.stewards_file import (
     StewardGrant,
@@ -19,7 +20,6 @@ from batchbridge.onboarding.stewards_file import (
     plan_stewards_edit,
     write_stewards_edit,
 )
-from batchbridge.testing.keys import generate_ed25519
 from tests.unit.test_onboard import REPO, scaffold_args
 
 SHIPPED_STEWARDS = REPO / "deployments" / "stewards.yaml"

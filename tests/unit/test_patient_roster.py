@@ -8,12 +8,6 @@ import polars as pl
 import pytest
 
 from batchbridge.config import FormatConfig, HeaderRecordConfig
-from batchbridge.testing.roster_data import (
-    BAD_ROW_REASONS,
-    generate_roster_rows,
-    plan_table,
-    render_roster,
-)
 from batchbridge.validations.base import (
     REASONS_COLUMN,
     ROW_COLUMN,
@@ -22,9 +16,15 @@ from batchbridge.validations.base import (
     TransformContext,
     ValidationContext,
 )
-from batchbridge.validations.patient_roster import OUTPUT_COLUMNS, SCHEMA
-from batchbridge.validations.reader import read_delimited
+from batchbridge.validations.readers.delimited import read_delimited
 from batchbridge.validations.registry import get_schema
+from batchbridge.validations.schemas.patient_roster import OUTPUT_COLUMNS, SCHEMA
+from tests.support.roster_data import (
+    BAD_ROW_REASONS,
+    generate_roster_rows,
+    plan_table,
+    render_roster,
+)
 
 FILE_DATE = date(2026, 11, 20)
 FMT = FormatConfig(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchbridge.connectors.decryptors.packets import (
+from batchbridge.connectors.pgp.packets import (
     PacketFormatError,
     dearmor,
     file_looks_truncated,

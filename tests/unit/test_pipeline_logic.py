@@ -7,13 +7,13 @@ from datetime import date
 import pytest
 
 from batchbridge.connectors.sources.base import RemoteFile
+from batchbridge.connectors.sources.selection import select_files
 from batchbridge.connectors.targets.base import LoadResult
+from batchbridge.connectors.targets.loading import reconcile_counts
 from batchbridge.errors import ReconciliationError
 from batchbridge.ledger.run_report import FileReport, RunReport, TargetCounts, render_text
-from batchbridge.tasks.discover import select_files
-from batchbridge.tasks.reconcile import reconcile_counts
 from batchbridge.tasks.report import render_markdown
-from batchbridge.tasks.validate import file_date_from_name
+from batchbridge.validations.parse import file_date_from_name
 
 
 def _remote(name: str) -> RemoteFile:

@@ -8,16 +8,16 @@ import polars as pl
 import pytest
 
 from batchbridge.config import FormatConfig
+from batchbridge.demo.lab_data import generate_lab_rows, render_lab_csv
 from batchbridge.errors import (
     FileRejectedError,
     MalformedFileError,
     SchemaDriftError,
     TrailerMismatchError,
 )
-from batchbridge.testing.lab_data import generate_lab_rows, render_lab_csv
 from batchbridge.validations.base import ROW_COLUMN, ParsedFile
-from batchbridge.validations.lab_results import COLUMNS as LAB_COLUMNS
-from batchbridge.validations.reader import read_delimited
+from batchbridge.validations.readers.delimited import read_delimited
+from batchbridge.validations.schemas.lab_results import COLUMNS as LAB_COLUMNS
 
 COLUMNS = ("id", "name", "code")
 FMT = FormatConfig()

@@ -16,14 +16,14 @@ import typer
 
 from batchbridge.cli.app import main
 from batchbridge.cli.runs import parse_since
+from batchbridge.demo.lab_data import generate_lab_rows
 from batchbridge.errors import IdLookupError, StewardError
 from batchbridge.ledger.models import LedgerFile, Run, RunStatus
 from batchbridge.ledger.run_report import FileReport, RunReport, render_text
 from batchbridge.ledger.runs_query import RELEASE_KIND, resolve_file_id, resolve_run_id
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.release_report import RELEASE_REPORT_KIND
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.steward import LocalLabFeed, build_local_lab_feed
+from tests.support.steward import LocalLabFeed, build_local_lab_feed
 
 FILE_DATE = date(2026, 11, 20)
 CANARIES = ["Zebulonquix", "Orvillecanary"]

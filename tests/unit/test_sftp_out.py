@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchbridge.config import SftpTargetConfig
-from batchbridge.connectors.sftp_connect import parse_version_extensions
+from batchbridge.connectors.ssh.connect import parse_version_extensions
 from batchbridge.connectors.targets.base import LoadRequest
 from batchbridge.connectors.targets.extract import (
     FORMULA_TRIGGERS,
@@ -31,8 +31,8 @@ from batchbridge.connectors.targets.extract import (
     source_stem,
 )
 from batchbridge.connectors.targets.sftp_out import SftpTarget
+from batchbridge.demo.keys import generate_ed25519
 from batchbridge.errors import ConfigError, TargetError
-from batchbridge.testing.keys import generate_ed25519
 
 # -- formula neutralisation ------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from batchbridge.connectors.sources.ssh_keys import (
+from batchbridge.connectors.ssh.host_keys import (
     PinnedHostKeyPolicy,
     disabled_host_key_algorithms,
     fingerprint,
@@ -17,8 +17,8 @@ from batchbridge.connectors.sources.ssh_keys import (
     parse_host_keys,
     verify_host_key,
 )
+from batchbridge.demo.keys import generate_ed25519
 from batchbridge.errors import ConfigError, HostKeyError
-from batchbridge.testing.keys import generate_ed25519
 
 # Public host key whose fingerprint was read with `ssh-keygen -lf`.
 RSA_LINE = (

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from batchbridge.access import Role, StewardDirectory
+from batchbridge.config.stewards import Role, StewardDirectory
+from batchbridge.demo.lab_data import generate_lab_rows
 from batchbridge.errors import (
     AccessDeniedError,
     ImportRejectedError,
@@ -36,8 +37,7 @@ from batchbridge.steward.csv_files import neutralise, unneutralise
 from batchbridge.steward.release import FeedRelease, release_rows
 from batchbridge.steward.release_report import RELEASE_REPORT_KIND
 from batchbridge.steward.service import StewardService, mask
-from batchbridge.testing.lab_data import generate_lab_rows
-from batchbridge.testing.steward import LocalLabFeed, build_local_lab_feed
+from tests.support.steward import LocalLabFeed, build_local_lab_feed
 
 FILE_DATE = date(2026, 11, 20)
 CANARIES = ["Zebulonquix", "Orvillecanary"]

@@ -14,7 +14,7 @@ from batchbridge.errors import AccessDeniedError, AuditChainError, StewardError
 from batchbridge.ledger.audit import event_hash
 from batchbridge.ledger.models import AuditEvent
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.testing.steward import LocalLabFeed
+from tests.support.steward import LocalLabFeed
 from tests.unit.steward_cli_helpers import EVE, KIM, _cli, _listed, _no_canary
 
 

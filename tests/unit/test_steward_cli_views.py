@@ -16,7 +16,7 @@ from batchbridge.errors import StewardError
 from batchbridge.ledger.models import AuditEvent, QuarantinedRow
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.csv_files import REASONS_COLUMN
-from batchbridge.testing.steward import LocalLabFeed
+from tests.support.steward import LocalLabFeed
 from tests.unit.steward_cli_helpers import CANARIES, _cli, _listed, _no_canary
 
 

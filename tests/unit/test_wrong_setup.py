@@ -11,7 +11,8 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
 
-from batchbridge.access import Role, open_directory
+from batchbridge.config.settings import load_settings
+from batchbridge.config.stewards import Role, open_directory
 from batchbridge.errors import (
     ConfigError,
     LedgerNotFoundError,
@@ -19,7 +20,6 @@ from batchbridge.errors import (
 )
 from batchbridge.ledger.migrate import alembic_config, masked_url
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
 
 NO_FILE_HINT = "(a run creates it; check BATCHBRIDGE_DATABASE_URL or BATCHBRIDGE_VAR_DIR)"
 NO_TABLES_HINT = "(a run creates them; check BATCHBRIDGE_DATABASE_URL)"
@@ -294,7 +294,7 @@ def test_modules_every_command_imports_stay_light() -> None:
     # Every CLI command imports these: Prefect or Polars here would cost seconds per start.
     probe = (
         "import sys\n"
-        "import batchbridge.access, batchbridge.config, batchbridge.settings\n"
+        "import batchbridge.config.stewards, batchbridge.config, batchbridge.config.settings\n"
         "import batchbridge.ledger.store\n"
         "heavy = {'prefect', 'polars', 'pandera'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"

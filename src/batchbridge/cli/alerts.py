@@ -10,9 +10,9 @@ from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, FeedArgument, JsonOption, QuietOption
 from batchbridge.cli.prefect_env import ensure_prefect_home, prefect_api
 from batchbridge.config import load_feed
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import ConfigError
 from batchbridge.monitoring.arrival_rules import parse_now
-from batchbridge.settings import load_settings
 
 app = typer.Typer(help="Check arrival windows and keys; test alert routes.", no_args_is_help=True)
 
@@ -77,7 +77,8 @@ def check_arrivals_command(
 def test_command(feed: FeedArgument, config_dir: ConfigDirOption = None) -> int:
     """Post a test alert to the feed's webhook (exit 12 when it is not delivered)."""
     # The alert rules module holds Prefect tasks too: it loads only for this command.
-    from batchbridge.tasks.alerts import open_webhook, probe_alert, render_alert, webhook_payload
+    from batchbridge.monitoring.alert_delivery import open_webhook
+    from batchbridge.monitoring.alert_rules import probe_alert, render_alert, webhook_payload
 
     settings = load_settings(config_dir)
     loaded = load_feed(feed, settings.config_dir)

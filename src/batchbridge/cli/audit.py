@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 
 from batchbridge.cli.params import ConfigDirOption
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import AuditChainError
 from batchbridge.ledger.audit import verify_chain
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
 
 app = typer.Typer(
     help="The audit log of every steward look, change and release.", no_args_is_help=True

@@ -13,8 +13,8 @@ import typer
 from batchbridge.cli.output import print_json
 from batchbridge.cli.progress_display import wants_progress
 from batchbridge.cli.run import run_feed_once
+from batchbridge.config.settings import load_settings
 from batchbridge.ledger.run_report import render_text
-from batchbridge.settings import load_settings
 
 DEMO_STEWARD = "demo.steward@example.org"
 DEMO_SEED = 7
@@ -67,7 +67,15 @@ def demo_command(
 def run_demo(*, rows: int, workdir: Path, as_json: bool, fresh: bool = False) -> int:
     """Set up (or carry on) everything under `workdir`, drop a new partner file, run twice."""
     # The demo's synthetic world (gpg keys, Polars-made rows, an SFTP server) loads only here.
-    from batchbridge.testing.demo_workdir import (
+    from batchbridge.demo.lab_data import generate_lab_rows
+    from batchbridge.demo.scenario import (
+        SftpEndpoint,
+        build_lab_scenario,
+        reopen_lab_scenario,
+        sqlite_target,
+    )
+    from batchbridge.demo.sftp_server import start_sftp_server
+    from batchbridge.demo.workdir import (
         Start,
         client_key,
         next_demo_file,
@@ -75,14 +83,6 @@ def run_demo(*, rows: int, workdir: Path, as_json: bool, fresh: bool = False) ->
         prepare_workdir,
         renumber_records,
     )
-    from batchbridge.testing.lab_data import generate_lab_rows
-    from batchbridge.testing.scenario import (
-        SftpEndpoint,
-        build_lab_scenario,
-        reopen_lab_scenario,
-        sqlite_target,
-    )
-    from batchbridge.testing.sftp_server import start_sftp_server
 
     workdir = workdir.resolve()
     start = plan_demo_start(workdir, fresh=fresh)

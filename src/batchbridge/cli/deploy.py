@@ -8,17 +8,17 @@ from typing import Annotated
 import typer
 
 from batchbridge.cli.params import ConfigDirOption
-from batchbridge.errors import ConfigError
-from batchbridge.flows.deploy import (
+from batchbridge.deploy.names import WORK_POOL
+from batchbridge.deploy.prefect_yaml import (
     FEEDS_DIR,
     PREFECT_FILE,
-    WORK_POOL,
     build_plan,
     check_prefect_file,
     ensure_tenant_limits,
     run_prefect_deploy,
     write_prefect_file,
 )
+from batchbridge.errors import ConfigError
 
 
 def deploy_command(

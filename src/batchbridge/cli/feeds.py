@@ -7,8 +7,8 @@ import typer
 from batchbridge.cli.output import note
 from batchbridge.cli.params import ConfigDirOption, FeedArgument
 from batchbridge.config import list_feeds, load_feed
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import ConfigError
-from batchbridge.settings import load_settings
 
 app = typer.Typer(help="Inspect feed configurations.", no_args_is_help=True)
 
@@ -31,7 +31,7 @@ def list_command(config_dir: ConfigDirOption = None) -> int:
 def check_command(feed: FeedArgument, config_dir: ConfigDirOption = None) -> int:
     """Validate a feed without running it: YAML, schema, mappings, targets, secrets, keys."""
     # Mapping tables are read with Polars and schemas with pandera: loaded for this check.
-    from batchbridge.preflight import check_feed
+    from batchbridge.monitoring.preflight import check_feed
 
     settings = load_settings(config_dir)
     loaded = load_feed(feed, settings.config_dir)

@@ -9,8 +9,8 @@ import typer
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption, QuietOption
 from batchbridge.config import list_feeds, load_feed
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import ConfigError, HealthCheckError
-from batchbridge.settings import load_settings
 
 
 def health_command(
@@ -23,8 +23,8 @@ def health_command(
 ) -> int:
     """Check feeds can run tonight: host keys, logins, PGP keys, targets (exit 14 on failure)."""
     # The checks log in to partners and targets: paramiko and the drivers load only here.
-    from batchbridge.tasks.health_checks import run_feed_checks
-    from batchbridge.tasks.health_report import render_health_text
+    from batchbridge.monitoring.health_checks import run_feed_checks
+    from batchbridge.monitoring.health_report import render_health_text
 
     settings = load_settings(config_dir)
     if feed:

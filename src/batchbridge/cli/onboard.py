@@ -15,8 +15,8 @@ from batchbridge.cli.onboard_host_key import host_key_command
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, FeedArgument, JsonOption, split_values
 from batchbridge.config import feed_path, load_feed
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import ConfigError
-from batchbridge.settings import load_settings
 
 if TYPE_CHECKING:
     from batchbridge.onboarding.dry_run import DryRunReport
@@ -44,7 +44,7 @@ def scaffold_command(
     (PERSON[:ROLE]) its role for the tenant in the steward directory, else prints how.
     """
     # The YAML renderer reads the schema modules (pandera, polars): loaded for this step only.
-    from batchbridge.access import directory_path
+    from batchbridge.config.stewards import directory_path
     from batchbridge.onboarding.feed_yaml import (
         mapping_header,
         render_feed_yaml,

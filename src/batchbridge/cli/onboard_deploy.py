@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from batchbridge.config import load_feed
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import ConfigError, HealthCheckError
-from batchbridge.settings import load_settings
 
 Runner = Callable[..., "subprocess.CompletedProcess[Any]"]
 
@@ -37,10 +37,10 @@ def deploy_command(
     Thin on purpose: `batchbridge deploy` owns prefect.yaml (generated from the feed
     YAMLs) and the tenant work queues; this only puts the onboarding steps in order.
     """
-    from batchbridge.flows.deploy import host_keys_pinned
-    from batchbridge.preflight import check_feed
-    from batchbridge.tasks.health_checks import run_feed_checks
-    from batchbridge.tasks.health_report import render_health_text
+    from batchbridge.deploy.prefect_yaml import host_keys_pinned
+    from batchbridge.monitoring.health_checks import run_feed_checks
+    from batchbridge.monitoring.health_report import render_health_text
+    from batchbridge.monitoring.preflight import check_feed
 
     settings = load_settings(config_dir)
     loaded = load_feed(feed, settings.config_dir)

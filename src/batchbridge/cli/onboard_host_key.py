@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchbridge.config import load_feed
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import ConfigError, HostKeyError
-from batchbridge.settings import load_settings
 
 if TYPE_CHECKING:
     import paramiko
@@ -29,7 +29,7 @@ def host_key_command(
 ) -> int:
     """Print the server's host keys and fingerprints; with --pin and --confirmed, pin them."""
     # paramiko loads only for the host-key step.
-    from batchbridge.connectors.sources.ssh_keys import fingerprint
+    from batchbridge.connectors.ssh.host_keys import fingerprint
     from batchbridge.onboarding.host_keys import key_line, offered_host_keys
 
     keys = offered_host_keys(host, port, families=key_types, timeout=timeout, fetch=fetch)
@@ -77,7 +77,7 @@ def host_key_command(
 def _pin(
     feed: str, host: str, port: int, keys: list[paramiko.PKey], *, config_dir: Path | None
 ) -> int:
-    from batchbridge.connectors.sources.ssh_keys import fingerprint
+    from batchbridge.connectors.ssh.host_keys import fingerprint
     from batchbridge.onboarding.feed_yaml import pin_host_keys, pin_note
     from batchbridge.onboarding.host_keys import key_line
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from batchbridge.cli.output import note
+from batchbridge.config.settings import DEFAULT_VAR_DIR
 from batchbridge.errors import OrchestratorError
-from batchbridge.settings import DEFAULT_VAR_DIR
 
 if TYPE_CHECKING:
     from prefect.settings import Settings

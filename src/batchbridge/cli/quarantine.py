@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from batchbridge.access import required_role
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption, WhyOption, parse_ids
 from batchbridge.cli.steward_session import steward_service
 from batchbridge.cli.steward_views import render_listing, render_shown, shown_dict, summary_dict
+from batchbridge.config.stewards import required_role
 from batchbridge.errors import RunFailedError, StewardError
 from batchbridge.ledger.runs_query import resolve_file_id, resolve_run_id
 from batchbridge.steward.service import StewardService

@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from batchbridge.access import required_role
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption
 from batchbridge.cli.steward_session import steward_service
 from batchbridge.cli.steward_views import render_balance
+from batchbridge.config.stewards import required_role
 from batchbridge.errors import IdLookupError, StewardError
 from batchbridge.ledger.quarantine_store import FileBalance
 from batchbridge.ledger.run_report import RunReport, render_text

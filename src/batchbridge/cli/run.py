@@ -17,11 +17,11 @@ from batchbridge.cli.params import (
 from batchbridge.cli.prefect_env import ensure_prefect_home, prefect_api
 from batchbridge.cli.progress_display import terminal_progress, wants_progress
 from batchbridge.config import load_feed
+from batchbridge.config.settings import Settings, load_settings
 from batchbridge.errors import BatchbridgeError, RunFailedError
 from batchbridge.ledger.models import RunStatus
 from batchbridge.ledger.run_report import RunReport, render_text
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import Settings, load_settings
 
 
 def run_feed_once(
@@ -82,7 +82,7 @@ def run_feed_command(
 ) -> int:
     """Run one feed once (a Prefect flow run) and print its report."""
     # The offline checks read mapping tables with Polars: loaded by flow commands only.
-    from batchbridge.preflight import require_ready
+    from batchbridge.monitoring.preflight import require_ready
 
     settings = load_settings(config_dir)
     require_ready(load_feed(feed, settings.config_dir))

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption
+from batchbridge.config.settings import load_settings
 from batchbridge.ledger.models import RunStatus
 from batchbridge.ledger.run_report import format_count, short_id
 from batchbridge.ledger.runs_query import (
@@ -30,7 +31,6 @@ from batchbridge.ledger.runs_query import (
     run_detail,
 )
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
 
 app = typer.Typer(
     help="Find runs and see what each did: files, stages, counts, reasons, timings.",

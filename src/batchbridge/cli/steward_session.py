@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from batchbridge.settings import load_settings
+from batchbridge.config.settings import load_settings
 from batchbridge.steward.service import StewardService
 
 

@@ -27,13 +27,15 @@ from prefect import flow, get_run_logger
 from sqlalchemy import or_, select
 
 from batchbridge.config import LoadedFeed, load_feed
-from batchbridge.connectors.decryptors.keys import key_expiries
-from batchbridge.connectors.decryptors.registry import decryptor_keys
+from batchbridge.config.settings import Settings, load_settings
+from batchbridge.connectors.pgp.keys import key_expiries
+from batchbridge.connectors.pgp.registry import decryptor_keys
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.connectors.sources.registry import open_source
 from batchbridge.errors import BatchbridgeError, ConfigError, LedgerNotFoundError
 from batchbridge.ledger.models import LedgerFile
 from batchbridge.ledger.store import LedgerStore
+from batchbridge.monitoring.alert_rules import Alert, KeyExpiry, key_expiry_alerts, late_file_alert
 from batchbridge.monitoring.arrival_rules import (
     SeenFile,
     count_arrivals,
@@ -42,14 +44,7 @@ from batchbridge.monitoring.arrival_rules import (
     local_midnight,
     parse_now,
 )
-from batchbridge.settings import Settings, load_settings
-from batchbridge.tasks.alerts import (
-    Alert,
-    KeyExpiry,
-    key_expiry_alerts,
-    late_file_alert,
-    send_alerts,
-)
+from batchbridge.tasks.alerts import send_alerts
 from batchbridge.tasks.discover import list_ready_files
 
 logger = logging.getLogger(__name__)

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 
+from batchbridge.config.settings import load_settings
 from batchbridge.errors import HealthCheckError
-from batchbridge.settings import load_settings
-from batchbridge.tasks.health_checks import FeedHealth, run_feed_checks
-from batchbridge.tasks.health_report import STATUS_WORD, health_artifact_key, render_health_markdown
-
-
-@task(name="health-checks", cache_policy=NONE, persist_result=False, retries=0)
-def run_health_checks(feed: str, config_dir: str) -> FeedHealth:
-    """Every check of one feed (connectors retry their own transient errors)."""
-    return run_feed_checks(feed, Path(config_dir))
-
-
-@task(name="health-report", cache_policy=NONE, persist_result=False, retries=0)
-def publish_health_artifact(health: FeedHealth) -> None:
-    """Attach the table of checks to the flow run."""
-    from prefect.artifacts import create_markdown_artifact
-
-    create_markdown_artifact(
-        markdown=render_health_markdown(health),
-        key=health_artifact_key(health.feed),
-        description=f"{health.feed}: daily health check (hosts, fingerprints, counts; no PHI)",
-    )
+from batchbridge.monitoring.health_report import STATUS_WORD
+from batchbridge.tasks.health import publish_health_artifact, run_health_checks
 
 
 @flow(name="health-check", flow_run_name="{feed} health", log_prints=False, persist_result=False)

@@ -18,42 +18,46 @@ from prefect.runtime import flow_run
 
 from batchbridge import progress
 from batchbridge.config import LoadedFeed, load_feed
-from batchbridge.connectors.decryptors.base import Decryptor
-from batchbridge.connectors.decryptors.registry import build_decryptor
+from batchbridge.config.settings import Settings, load_settings
+from batchbridge.connectors.pgp.base import Decryptor
+from batchbridge.connectors.pgp.registry import build_decryptor
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.sources.base import FetchedFile, RemoteFile, Source
 from batchbridge.connectors.sources.registry import open_source
+from batchbridge.connectors.sources.selection import select_files
 from batchbridge.connectors.sources.staging import prepare_staging_dir
 from batchbridge.connectors.targets.base import Target
+from batchbridge.connectors.targets.loading import TargetLoad, load_into_targets
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError, RunFailedError
-from batchbridge.flows.deploy import tenant_slot
+from batchbridge.flows.tenant_slot import tenant_slot
 from batchbridge.ledger.crypto import RowCipher
 from batchbridge.ledger.locks import feed_lock
 from batchbridge.ledger.models import FileState, RunStatus
 from batchbridge.ledger.run_report import FileReport, RunReport
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import Settings, load_settings
 from batchbridge.tasks.alerts import alert_on_run
-from batchbridge.tasks.contract import (
+from batchbridge.tasks.decrypt import decrypt_file
+from batchbridge.tasks.discover import list_ready_files
+from batchbridge.tasks.fetch import fetch_file
+from batchbridge.tasks.load import load_target
+from batchbridge.tasks.quarantine import encrypt_quarantined_rows
+from batchbridge.tasks.reconcile import reconcile_file
+from batchbridge.tasks.report import publish_report_artifact
+from batchbridge.tasks.transform import transform_rows
+from batchbridge.tasks.validate import validate_file
+from batchbridge.validations.base import FeedSchema, TransformContext, ValidationContext
+from batchbridge.validations.contract import (
     MARKER_MAX_BYTES,
     check_declared_count,
     check_listing,
     check_manifest,
     marker_name,
 )
-from batchbridge.tasks.decrypt import decrypt_file
-from batchbridge.tasks.discover import list_ready_files, select_files
-from batchbridge.tasks.fetch import fetch_file
-from batchbridge.tasks.load import TargetLoad, load_into_targets, load_target
-from batchbridge.tasks.quarantine import count_reasons, encrypt_quarantined_rows
-from batchbridge.tasks.reconcile import reconcile_file
-from batchbridge.tasks.report import publish_report_artifact
-from batchbridge.tasks.transform import transform_rows
-from batchbridge.tasks.validate import file_date_from_name, validate_file
-from batchbridge.validations.base import FeedSchema, TransformContext, ValidationContext
 from batchbridge.validations.mapping import load_feed_mappings
+from batchbridge.validations.parse import file_date_from_name
+from batchbridge.validations.quarantine import count_reasons
 from batchbridge.validations.registry import get_schema
 
 logger = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from batchbridge.access import open_directory
+from batchbridge.config.settings import load_settings
+from batchbridge.config.stewards import open_directory
 from batchbridge.errors import StewardError
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import load_settings
 from batchbridge.steward.release import release_rows
 from batchbridge.steward.release_report import ReleaseReport, render_release_markdown
 from batchbridge.steward.service import StewardService

@@ -20,12 +20,16 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from batchbridge.config import LoadedFeed
-from batchbridge.connectors.decryptors.registry import build_decryptor
-from batchbridge.errors import BatchbridgeError, ConfigError, RunFailedError
-from batchbridge.tasks.guard import withhold_unexpected_errors
-from batchbridge.tasks.validate import file_date_from_name, parse_and_validate
+from batchbridge.connectors.pgp.registry import build_decryptor
+from batchbridge.errors import (
+    BatchbridgeError,
+    ConfigError,
+    RunFailedError,
+    withhold_unexpected_errors,
+)
 from batchbridge.validations.base import REASONS_COLUMN, FeedSchema, ValidationContext
 from batchbridge.validations.mapping import load_mapping
+from batchbridge.validations.parse import file_date_from_name, parse_and_validate
 from batchbridge.validations.registry import get_schema
 
 MAX_CODE_CHARS = 64

@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from batchbridge.config import UNPINNED_HOST_KEY, FeedConfig, list_feeds, load_feed, load_feed_file
 from batchbridge.errors import ConfigError
-from batchbridge.validations.lab_results import IDENTIFIABLE_COLUMNS
 from batchbridge.validations.registry import get_schema
+from batchbridge.validations.schemas.lab_results import IDENTIFIABLE_COLUMNS
 
 # A stub target never receives columns that identify a person (data minimization);
 # a target may list them explicitly after review.

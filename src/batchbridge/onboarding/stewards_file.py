@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from batchbridge.access import SHARED_ACCOUNTS, Role, StewardDirectory, load_directory
+from batchbridge.config.stewards import SHARED_ACCOUNTS, Role, StewardDirectory, load_directory
 from batchbridge.errors import ConfigError
 
 ROLE_NAMES: tuple[str, ...] = tuple(role.name.lower() for role in Role)

@@ -17,8 +17,8 @@ from typing import NoReturn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from batchbridge.access import SHARED_ACCOUNTS, StewardDirectory, is_allowed, required_role
 from batchbridge.config import load_feed
+from batchbridge.config.stewards import SHARED_ACCOUNTS, StewardDirectory, is_allowed, required_role
 from batchbridge.errors import (
     AccessDeniedError,
     FeedNotFoundError,

@@ -16,9 +16,10 @@ from sqlalchemy import select
 from batchbridge.config import load_feed
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import Target
+from batchbridge.connectors.targets.loading import TargetLoad, load_into_targets, reconcile_counts
 from batchbridge.connectors.targets.registry import open_target
 from batchbridge.crashpoints import crash_point
-from batchbridge.errors import BatchbridgeError, StewardError
+from batchbridge.errors import BatchbridgeError, StewardError, withhold_unexpected_errors
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.models import (
     FileState,
@@ -38,11 +39,6 @@ from batchbridge.ledger.quarantine_store import (
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.feed_context import FeedContext
 from batchbridge.steward.release_report import FileRelease, ReleaseReport, ReleaseRun
-from batchbridge.tasks.guard import withhold_unexpected_errors
-from batchbridge.tasks.load import TargetLoad, load_into_targets
-from batchbridge.tasks.reconcile import reconcile_counts
-from batchbridge.tasks.transform import transform_valid_rows
-from batchbridge.tasks.validate import file_date_from_name
 from batchbridge.validations.base import (
     REASONS_COLUMN,
     ROW_COLUMN,
@@ -51,6 +47,8 @@ from batchbridge.validations.base import (
     ValidationContext,
 )
 from batchbridge.validations.mapping import load_feed_mappings
+from batchbridge.validations.parse import file_date_from_name
+from batchbridge.validations.transform import transform_valid_rows
 
 if TYPE_CHECKING:
     from batchbridge.steward.service import StewardService

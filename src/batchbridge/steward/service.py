@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from batchbridge.access import current_actor, open_directory, required_role
+from batchbridge.config.settings import Settings
+from batchbridge.config.stewards import current_actor, open_directory, required_role
 from batchbridge.errors import StewardError
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.models import (
@@ -39,7 +40,6 @@ from batchbridge.ledger.quarantine_store import (
     summarize,
 )
 from batchbridge.ledger.store import LedgerStore
-from batchbridge.settings import Settings
 from batchbridge.steward.access import ROW
 from batchbridge.steward.csv_files import safe_names
 from batchbridge.steward.exchange import CsvExchange

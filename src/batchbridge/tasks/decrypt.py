@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchbridge.connectors.decryptors.base import Decryptor, VerifiedPlaintext
+from batchbridge.connectors.pgp.base import Decryptor, VerifiedPlaintext
 from batchbridge.connectors.sources.base import FetchedFile
 from batchbridge.tasks.guard import stage_task
 

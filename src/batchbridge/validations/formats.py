@@ -8,8 +8,8 @@ from typing import Any
 from batchbridge.config import AnyFormatConfig
 from batchbridge.errors import ConfigError
 from batchbridge.validations.base import ParsedFile
-from batchbridge.validations.hl7v2 import read_hl7v2
-from batchbridge.validations.reader import read_delimited
+from batchbridge.validations.readers.delimited import read_delimited
+from batchbridge.validations.readers.hl7v2 import read_hl7v2
 
 FormatReader = Callable[[bytes, Any, tuple[str, ...]], ParsedFile]
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     # Only for annotations: importing the registry must not load polars (fast CLI views).
     from batchbridge.validations.base import FeedSchema
 
-BUILTIN_PACKAGE = "batchbridge.validations"
+BUILTIN_PACKAGE = "batchbridge.validations.schemas"
 ENTRY_POINT_GROUP = "batchbridge.schemas"
 
 

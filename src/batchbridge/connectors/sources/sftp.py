@@ -26,18 +26,8 @@ from tenacity import (
 
 from batchbridge import progress
 from batchbridge.config import SftpSourceConfig
-from batchbridge.connectors.sftp_connect import (
-    SftpSession,
-    brief,
-    classify_ssh_failure,
-    listdir_attr,
-    load_client_key,
-    open_sftp_session,
-    prefetch_quietly,
-)
 from batchbridge.connectors.sources.base import FetchedFile, RemoteFile
 from batchbridge.connectors.sources.names import check_remote_name
-from batchbridge.connectors.sources.ssh_keys import describe_key, parse_host_keys
 from batchbridge.connectors.sources.stability import (
     Listing,
     ListingEntry,
@@ -47,6 +37,16 @@ from batchbridge.connectors.sources.stability import (
     stable_entries,
 )
 from batchbridge.connectors.sources.staging import StagedFile, prepare_staging_dir
+from batchbridge.connectors.ssh.connect import (
+    SftpSession,
+    brief,
+    classify_ssh_failure,
+    listdir_attr,
+    load_client_key,
+    open_sftp_session,
+    prefetch_quietly,
+)
+from batchbridge.connectors.ssh.host_keys import describe_key, parse_host_keys
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import (
     BatchbridgeError,

@@ -56,10 +56,10 @@ from tenacity import (
 )
 
 from batchbridge.config import FhirTargetConfig, LoadedFeed
-from batchbridge.connectors.alerts import parse_retry_after
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult, RowRejection
 from batchbridge.connectors.targets.rows import check_load_request
+from batchbridge.connectors.webhook import parse_retry_after
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN, FhirIdentity, FhirResource, SupportsFhir
 from batchbridge.validations.registry import get_schema

@@ -54,9 +54,9 @@ from tenacity import (
 )
 
 from batchbridge.config import LoadedFeed, SftpTargetConfig
-from batchbridge.connectors.pgp_encrypt import EncryptionKeys, GpgEncryptor
+from batchbridge.connectors.pgp.encrypt import EncryptionKeys, GpgEncryptor
 from batchbridge.connectors.secrets import resolve_secret
-from batchbridge.connectors.sftp_connect import (
+from batchbridge.connectors.ssh.connect import (
     ExtendedSftpClient,
     SftpSession,
     classify_ssh_failure,
@@ -64,7 +64,7 @@ from batchbridge.connectors.sftp_connect import (
     open_sftp_session,
     prefetch_quietly,
 )
-from batchbridge.connectors.sources.ssh_keys import describe_key, parse_host_keys
+from batchbridge.connectors.ssh.host_keys import describe_key, parse_host_keys
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.extract import (
     Outcome,

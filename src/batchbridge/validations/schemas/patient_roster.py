@@ -1,0 +1,275 @@
+"""The patient_roster feed kind: a clinic's full member roster, pipe-delimited.
+
+Spec: shared/specs/patient_roster.md. Everything specific to the roster lives here;
+the file layout (pipe, header record with the row count, Latin-1, trimming) is the
+feed's `format:` configuration, the "absent members become inactive" rule is the
+feed's `full_snapshot: true`, and the plan table is a mapping CSV.
+
+Choices the spec leaves open:
+- `gender` and `effective_from` are required (the spec lists them without "optional").
+- `birth_date` must not be after the file's date and not before 1900-01-01.
+- `phone`: any punctuation or spaces may surround exactly 10 digits; stored as digits.
+- `email`: one '@', no spaces, a dot in the domain; stored lower-case.
+- `gender` is matched case-insensitively and stored lower-case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from typing import Any, ClassVar
+
+import pandera.polars as pa
+import polars as pl
+
+from batchbridge.errors import ConfigError
+from batchbridge.validations import checks
+from batchbridge.validations.base import (
+    ROW_COLUMN,
+    FhirIdentity,
+    FhirResource,
+    TransformContext,
+    ValidationContext,
+    ValidationResult,
+)
+from batchbridge.validations.rules import split_by_rules
+from batchbridge.validations.schemas.lab_results import pseudonymize
+
+COLUMNS: tuple[str, ...] = (
+    "member_id",
+    "mrn",
+    "given",
+    "family",
+    "birth_date",
+    "gender",
+    "phone",
+    "email",
+    "pcp_npi",
+    "plan_code",
+    "effective_from",
+    "effective_to",
+)
+
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "patient_key",
+    "plan_code",
+    "plan_name",
+    "effective_from",
+    "effective_to",
+    "gender",
+    "pcp_npi",
+    # Identifiable: the roster is the clinic's patient registry, so targets commonly
+    # take these; each target still lists the columns it receives.
+    "mrn",
+    "given",
+    "family",
+    "birth_date",
+    "phone",
+    "email",
+)
+
+PLAN_MAPPING = "plan_code"
+MAPPING_COLUMNS: tuple[str, ...] = ("plan_code", "plan_name")
+
+DATE_LAYOUT = "MM/DD/YYYY"
+MRN_PATTERN = r"^[A-Z0-9]{6,12}$"
+GENDER_VALUES = ("male", "female", "other", "unknown")
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"
+PHONE_PUNCTUATION = r"[\s().+\-/]"
+EARLIEST_BIRTH_DATE = date(1900, 1, 1)
+
+Rule = tuple[str, Any]
+
+
+def _plan_table(mappings: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    table = mappings.get(PLAN_MAPPING)
+    if table is None:
+        raise ConfigError(f"patient_roster needs the mapping table {PLAN_MAPPING!r}")
+    missing = [column for column in MAPPING_COLUMNS if column not in table.columns]
+    if missing:
+        raise ConfigError(f"mapping {PLAN_MAPPING!r} lacks columns: {', '.join(missing)}")
+    table = table.select(
+        pl.col("plan_code").cast(pl.String).str.strip_chars(),
+        pl.col("plan_name").cast(pl.String).str.strip_chars(),
+    )
+    if table["plan_code"].is_duplicated().any():
+        raise ConfigError(f"mapping {PLAN_MAPPING!r} has duplicate codes")
+    return table
+
+
+def phone_digits(column: checks.ColumnLike) -> pl.Expr:
+    """The value without punctuation and spaces (null stays null)."""
+    return checks.trimmed(column).str.replace_all(PHONE_PUNCTUATION, "")
+
+
+def _rules(ctx: ValidationContext, plan_codes: list[str]) -> dict[str, list[Rule]]:
+    required: Rule = ("required", checks.required)
+
+    def date_rules(*, mandatory: bool) -> list[Rule]:
+        rules: list[Rule] = [("date_format", lambda c: checks.date_format(c, DATE_LAYOUT))]
+        return [required, *rules] if mandatory else rules
+
+    return {
+        "member_id": [required, ("unique", checks.unique)],
+        "mrn": [required, ("pattern", lambda c: checks.matches(c, MRN_PATTERN))],
+        "given": [required],
+        "family": [required],
+        "birth_date": [
+            *date_rules(mandatory=True),
+            (
+                "not_in_future",
+                lambda c: checks.date_in_range(
+                    c, EARLIEST_BIRTH_DATE, ctx.file_date, layout=DATE_LAYOUT
+                ),
+            ),
+        ],
+        "gender": [
+            required,
+            ("one_of", lambda c: checks.one_of(c, GENDER_VALUES, case_insensitive=True)),
+        ],
+        "phone": [
+            (
+                "ten_digits",
+                lambda c: (
+                    pl.when(checks.present(c))
+                    .then(phone_digits(c).str.contains(r"^[0-9]{10}$"))
+                    .otherwise(True)
+                ),
+            )
+        ],
+        "email": [("plausible_email", lambda c: checks.matches(c, EMAIL_PATTERN))],
+        "pcp_npi": [("npi_luhn", checks.npi_luhn)],
+        "plan_code": [required, ("unmapped_code", lambda c: checks.one_of(c, plan_codes))],
+        "effective_from": date_rules(mandatory=True),
+        "effective_to": [
+            *date_rules(mandatory=False),
+            (
+                "not_before_effective_from",
+                lambda c: checks.date_not_before(c, "effective_from", DATE_LAYOUT),
+            ),
+        ],
+    }
+
+
+def build_schema(ctx: ValidationContext) -> pa.DataFrameSchema:
+    """The pandera contract for one roster file: string columns + named row rules."""
+    rules = _rules(ctx, _plan_table(ctx.mappings)["plan_code"].to_list())
+    columns: dict[str, pa.Column] = {
+        name: pa.Column(
+            pl.String,
+            nullable=True,  # presence is the `required` rule, so it gets a reason
+            checks=[checks.column_check(rule, expr) for rule, expr in rules[name]],
+        )
+        for name in COLUMNS
+    }
+    columns[ROW_COLUMN] = pa.Column(pl.UInt32, nullable=False)
+    return pa.DataFrameSchema(columns, strict=True, name="patient_roster")
+
+
+def _reason_order(ctx: ValidationContext) -> dict[str, int]:
+    rules = _rules(ctx, [])
+    names = [f"{column}:{rule}" for column in COLUMNS for rule, _ in rules[column]]
+    return {name: position for position, name in enumerate(names)}
+
+
+def validate(frame: pl.DataFrame, ctx: ValidationContext) -> ValidationResult:
+    """Split a parsed roster into valid rows and quarantined rows with reasons."""
+    return split_by_rules(build_schema(ctx), frame, frame, _reason_order(ctx))
+
+
+def _blank_to_null(expr: pl.Expr, name: str) -> pl.Expr:
+    return pl.when(expr != "").then(expr).otherwise(None).alias(name)
+
+
+def transform(valid: pl.DataFrame, ctx: TransformContext) -> pl.DataFrame:
+    """Valid rows -> target shape: member_id + OUTPUT_COLUMNS + ROW_COLUMN."""
+    plans = _plan_table(ctx.mappings)
+    code = checks.trimmed("plan_code")
+    patient_key = pseudonymize(valid["mrn"], tenant=ctx.tenant, key=ctx.pseudonym_key)
+    return valid.with_columns(patient_key).select(
+        checks.trimmed("member_id").alias("member_id"),
+        pl.col("patient_key"),
+        code.alias("plan_code"),
+        code.replace_strict(
+            plans["plan_code"], plans["plan_name"], default=None, return_dtype=pl.String
+        ).alias("plan_name"),
+        checks.parse_date("effective_from", DATE_LAYOUT).alias("effective_from"),
+        checks.parse_date("effective_to", DATE_LAYOUT).alias("effective_to"),
+        checks.trimmed("gender").str.to_lowercase().alias("gender"),
+        _blank_to_null(checks.trimmed("pcp_npi"), "pcp_npi"),
+        checks.trimmed("mrn").alias("mrn"),
+        checks.trimmed("given").alias("given"),
+        checks.trimmed("family").alias("family"),
+        checks.parse_date("birth_date", DATE_LAYOUT).alias("birth_date"),
+        _blank_to_null(phone_digits("phone"), "phone"),
+        _blank_to_null(checks.trimmed("email").str.to_lowercase(), "email"),
+        pl.col(ROW_COLUMN),
+    )
+
+
+def fhir_resources(rows: pl.DataFrame, identity: FhirIdentity) -> Iterator[FhirResource]:
+    """One FHIR R4 Patient per member, identified by member id and pseudonymous key."""
+    for row in rows.iter_rows(named=True):
+        identifiers = [{"system": identity.identifier_system, "value": row["member_id"]}]
+        if row.get("patient_key"):
+            identifiers.append(
+                {"system": identity.patient_identifier_system, "value": row["patient_key"]}
+            )
+        patient: dict[str, Any] = {
+            "resourceType": "Patient",
+            "identifier": identifiers,
+            "active": True,
+        }
+        if row.get("family") or row.get("given"):
+            name: dict[str, Any] = {}
+            if row.get("family"):
+                name["family"] = row["family"]
+            if row.get("given"):
+                name["given"] = [row["given"]]
+            patient["name"] = [name]
+        if row.get("gender"):
+            patient["gender"] = row["gender"]
+        if row.get("birth_date") is not None:
+            patient["birthDate"] = row["birth_date"].isoformat()
+        telecom = [
+            {"system": system, "value": row[column]}
+            for column, system in (("phone", "phone"), ("email", "email"))
+            if row.get(column)
+        ]
+        if telecom:
+            patient["telecom"] = telecom
+        yield FhirResource(
+            row=int(row[ROW_COLUMN]),
+            resource=patient,
+            identifier_system=identity.identifier_system,
+            identifier=str(row["member_id"]),
+        )
+
+
+class PatientRosterSchema:
+    """The patient_roster FeedSchema: see the module docstring and the spec."""
+
+    name: str = "patient_roster"
+    columns: tuple[str, ...] = COLUMNS
+    natural_key: tuple[str, ...] = ("member_id",)
+    output_columns: tuple[str, ...] = OUTPUT_COLUMNS
+    required_mappings: tuple[str, ...] = (PLAN_MAPPING,)
+    mapping_columns: ClassVar[dict[str, tuple[str, ...]]] = {PLAN_MAPPING: MAPPING_COLUMNS}
+
+    def validate(self, frame: pl.DataFrame, ctx: ValidationContext) -> ValidationResult:
+        """Apply every row rule (including the plan lookup); never raises for a bad row."""
+        return validate(frame, ctx)
+
+    def transform(self, valid: pl.DataFrame, ctx: TransformContext) -> pl.DataFrame:
+        """Map valid rows to the target shape: natural key + output_columns + ROW_COLUMN."""
+        return transform(valid, ctx)
+
+    def fhir_resources(self, rows: pl.DataFrame, identity: FhirIdentity) -> Iterator[FhirResource]:
+        """Members as FHIR Patients (see `fhir_resources`)."""
+        return fhir_resources(rows, identity)
+
+    def __repr__(self) -> str:
+        return f"<FeedSchema {self.name}>"
+
+
+SCHEMA = PatientRosterSchema()
