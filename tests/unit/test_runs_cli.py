@@ -169,17 +169,21 @@ def test_list_and_show_print_counts_never_patient_values(
 def test_show_traces_a_failed_file_with_reason_timings_and_prefect_run(
     lab: LocalLabFeed, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_UI_URL", raising=False)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     (failed,) = _listed(lab, capsys, "--status", "failed")
-    text = _out(lab, capsys, "runs", "show", failed["short_id"])
+    # Neither set, whatever API an earlier test in this process left configured.
+    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
+        text = _out(lab, capsys, "runs", "show", failed["short_id"])
+        shown = json.loads(_out(lab, capsys, "runs", "show", failed["id"], "--json"))
     assert f"prefect    flow run {FLOW_RUN_ID}" in text
     assert "/runs/flow-run/" not in text  # no UI configured: no link guessed
     assert "outcome    failed at decrypt: [signature_invalid] not signed by" in text
     assert "seconds    fetch 0.25  decrypt 0.50" in text
     assert "ledger now" not in text  # still failed: no later run took the file on
     assert "LAB_OLD.csv.pgp  (already_done)" in text
-    shown = json.loads(_out(lab, capsys, "runs", "show", failed["id"], "--json"))
     assert shown["prefect_flow_run_url"] is None
     assert shown["files"][0]["stage"] == "decrypt"
     assert shown["files"][0]["stage_seconds"] == {"fetch": 0.25, "decrypt": 0.5}
