@@ -20,10 +20,13 @@ demo: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
+# lint-imports checks the rooms' one-way imports ([tool.importlinter] in pyproject.toml);
+# its graph takes a fraction of a second, so no cache folder is kept.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 test: system-deps lint
 	$(BIN)/pytest

@@ -356,15 +356,14 @@ def _bench(rows: int, engine: str, workdir: Path) -> int:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ["BATCHBRIDGE_STAGING_DIR"] = str(workdir / "staging")
 
+    from tests.support.feed_scenarios import postgres_target
     from tests.support.postgres import start_postgres
     from tests.support.sshd import start_sshd
 
     from batchbridge.demo.lab_data import expected_quarantined
     from batchbridge.demo.scenario import (
-        SftpEndpoint,
         build_lab_scenario,
         lab_file_name,
-        postgres_target,
     )
     from batchbridge.ledger.store import LedgerStore
 
@@ -391,16 +390,7 @@ def _bench(rows: int, engine: str, workdir: Path) -> int:
             # Done once up front, as a deployed ledger would be; not part of a run.
             LedgerStore.from_url(ledger_url).engine.dispose()
         with setup.timed("scenario (keys, YAML)"):
-            drop_dir = sshd.root / "outbound"
-            endpoint = SftpEndpoint(
-                host=sshd.host,
-                port=sshd.port,
-                username=sshd.username,
-                host_key_line=sshd.host_key_line,
-                client_private_key=sshd.client_private_key,
-                remote_dir=str(drop_dir),
-                drop_dir=drop_dir,
-            )
+            endpoint = sshd.endpoint(sshd.root / "outbound")
             scenario = build_lab_scenario(
                 workdir / "feed",
                 endpoint,

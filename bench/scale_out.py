@@ -167,20 +167,12 @@ def _absolute_refs(value: Any, base: Path) -> Any:
 def _build_feed(tenant: str, suffix: str, workdir: Path, sshd: Any, config_dir: Path) -> Feed:
     """A lab_results feed for `tenant` on the shared sshd, its YAML in `config_dir`."""
     import yaml
+    from tests.support.feed_scenarios import postgres_target
 
-    from batchbridge.demo.scenario import SftpEndpoint, build_lab_scenario, postgres_target
+    from batchbridge.demo.scenario import build_lab_scenario
 
     name = f"{tenant}_{suffix}"
-    drop_dir = sshd.root / name
-    endpoint = SftpEndpoint(
-        host=sshd.host,
-        port=sshd.port,
-        username=sshd.username,
-        host_key_line=sshd.host_key_line,
-        client_private_key=sshd.client_private_key,
-        remote_dir=str(drop_dir),
-        drop_dir=drop_dir,
-    )
+    endpoint = sshd.endpoint(sshd.root / name)
     scenario = build_lab_scenario(
         workdir / "tenants" / name, endpoint, targets=[postgres_target(WAREHOUSE_URL_ENV)]
     )

@@ -9,7 +9,6 @@ as rejected and the file still balances.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -26,12 +25,12 @@ from batchbridge.demo.scenario import (
     LabFeedScenario,
     SftpEndpoint,
     build_lab_scenario,
-    build_shipped_feed_scenario,
     lab_file_name,
 )
 from batchbridge.ledger.models import TargetRejection
 from batchbridge.ledger.store import LedgerStore
 from tests.integration.flow_helpers import libpq_url, run_flow
+from tests.support.feed_scenarios import build_shipped_feed_scenario
 from tests.support.fhir_server import FhirServerProcess
 from tests.support.hl7_data import render_lab_hl7
 from tests.support.roster_data import generate_roster_rows, render_roster, roster_file_name
@@ -125,19 +124,6 @@ INPUTS = [
 ]
 
 
-def endpoint(server: SshdServer, prefix: str) -> SftpEndpoint:
-    folder = server.root / f"{prefix}-{secrets.token_hex(4)}"
-    return SftpEndpoint(
-        host=server.host,
-        port=server.port,
-        username=server.username,
-        host_key_line=server.host_key_line,
-        client_private_key=server.client_private_key,
-        remote_dir=str(folder),
-        drop_dir=folder,
-    )
-
-
 @pytest.fixture(params=INPUTS, ids=[i.kind for i in INPUTS])
 def matrix(
     request: pytest.FixtureRequest,
@@ -153,7 +139,7 @@ def matrix(
     monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
     secret_file = tmp_path / "fhir_client_secret"
     secret_file.write_text(fhir_server.client_secret)
-    outbound = endpoint(sshd_server, "outbound")
+    outbound = sshd_server.endpoint(prefix="outbound")
     outbound.drop_dir.mkdir(parents=True)
     targets = [
         {
@@ -188,7 +174,7 @@ def matrix(
             "columns": spec.columns,
         },
     ]
-    built = spec.build(tmp_path / spec.kind, endpoint(sshd_server, "drop"), targets)
+    built = spec.build(tmp_path / spec.kind, sshd_server.endpoint(), targets)
     yield spec, built, outbound.drop_dir
     built.close()
 

@@ -4,7 +4,6 @@ on a real sshd, through the same Prefect flow, into real PostgreSQL, as its own 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -14,13 +13,10 @@ import psycopg
 import pytest
 
 from batchbridge.config import load_feed
-from batchbridge.demo.scenario import (
-    LabFeedScenario,
-    SftpEndpoint,
-    build_shipped_feed_scenario,
-)
+from batchbridge.demo.scenario import LabFeedScenario
 from batchbridge.validations.schemas.patient_roster import OUTPUT_COLUMNS
 from tests.integration.flow_helpers import libpq_url, run_flow
+from tests.support.feed_scenarios import build_shipped_feed_scenario
 from tests.support.roster_data import (
     generate_roster_rows,
     render_roster,
@@ -33,19 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 SHIPPED = Path(__file__).resolve().parents[2] / "deployments" / "feeds" / "patient_roster.yaml"
 WEEK1 = date(2026, 11, 16)
 CANARY = "Quillonvarz"
-
-
-def endpoint_for(server: SshdServer) -> SftpEndpoint:
-    drop_dir = server.root / f"drop-{secrets.token_hex(4)}"
-    return SftpEndpoint(
-        host=server.host,
-        port=server.port,
-        username=server.username,
-        host_key_line=server.host_key_line,
-        client_private_key=server.client_private_key,
-        remote_dir=str(drop_dir),
-        drop_dir=drop_dir,
-    )
 
 
 @pytest.fixture
@@ -64,7 +47,7 @@ def roster(
         "table": "member",
         "columns": list(shipped_target.columns),
     }
-    built = build_shipped_feed_scenario(tmp_path / "roster", endpoint_for(sshd_server), SHIPPED,
+    built = build_shipped_feed_scenario(tmp_path / "roster", sshd_server.endpoint(), SHIPPED,
                                         targets=[target])  # fmt: skip
     yield built
     built.close()
@@ -201,7 +184,7 @@ def test_a_manifest_contract_waits_for_the_manifest_and_checks_the_bytes(
         "columns": ["patient_key", "plan_code"],
     }
     scenario = build_shipped_feed_scenario(
-        tmp_path / "roster", endpoint_for(sshd_server), SHIPPED, targets=[target],
+        tmp_path / "roster", sshd_server.endpoint(), SHIPPED, targets=[target],
         contract={"marker": "manifest"},
     )  # fmt: skip
     try:

@@ -1,4 +1,8 @@
-"""Deployed for real: a Prefect server and a process worker run the feed; reruns are safe."""
+"""Deployed for real: a Prefect server and a process worker run the feed; reruns are safe.
+
+The worker runs outside the repository and without BATCHBRIDGE_HOME: the deployments'
+dotted entrypoints are imported from the installed package.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from batchbridge.demo.keys import write_secret_file
 from batchbridge.demo.lab_data import expected_quarantined, generate_lab_rows
 from batchbridge.demo.scenario import LabFeedScenario, lab_file_name
 from batchbridge.deploy.names import WORK_POOL, tenant_queue
-from batchbridge.deploy.prefect_yaml import CHECKOUT_ENV, PULL_STEP
+from batchbridge.deploy.prefect_yaml import CHECKOUT_ENV, CONFIG_DIR_ENV, PULL_STEP
 from batchbridge.ledger.run_report import RunReport
 from batchbridge.ledger.store import LedgerStore
 from tests.integration.flow_helpers import target_rows, without_lineage
@@ -145,16 +149,26 @@ def test_deployed_feed_retried_from_the_ui_and_rerun_changes_nothing(
             assert deployment.work_queue_name == tenant_queue(scenario.tenant)
             limit = deployment.global_concurrency_limit
             assert limit is not None and limit.limit == 1  # one run of the feed at a time
-            # Each worker enters its own checkout ($BATCHBRIDGE_HOME) when a run starts.
+            # A module path: the worker imports the flow from the installed package.
+            assert deployment.entrypoint == "batchbridge.flows.nightly.nightly_feed"
+            # The pull step checks the worker's settings (and enters a checkout only
+            # where $BATCHBRIDGE_HOME is set, which it is not here).
             assert deployment.pull_steps == [{PULL_STEP: {}}]
 
-        # What every production worker is given: its checkout, the ledger, staging, and
-        # the settings the feed's secret references point at.
+        # What every production worker is given: the feed folder, the ledger, staging,
+        # and the settings the feed's secret references point at. No checkout: the
+        # worker starts in a folder outside the repository, with neither
+        # BATCHBRIDGE_HOME nor a PYTHONPATH that could lead it back to one.
+        outside = tmp_path / "worker"
+        outside.mkdir()
+        assert not outside.resolve().is_relative_to(REPO_ROOT)
         prefect_server.start_worker(
             WORK_POOL,
+            cwd=outside,
             env={
-                CHECKOUT_ENV: str(REPO_ROOT),
-                "BATCHBRIDGE_CONFIG_DIR": str(scenario.config_dir),
+                CHECKOUT_ENV: "",
+                "PYTHONPATH": "",
+                CONFIG_DIR_ENV: str(scenario.config_dir),
                 "BATCHBRIDGE_DATABASE_URL": postgres_url,
                 "BATCHBRIDGE_STAGING_DIR": str(tmp_path / "worker-staging"),
                 "BB_TEST_WAREHOUSE_URL": postgres_url,

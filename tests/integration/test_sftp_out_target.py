@@ -40,13 +40,9 @@ def target_config(server: SshdServer, **overrides: Any) -> SftpTargetConfig:
     outbox = server.root / f"outbox-{secrets.token_hex(4)}"
     outbox.mkdir()
     values: dict[str, Any] = {
+        **server.login(),
         "name": "partner_drop",
-        "host": server.host,
-        "port": server.port,
-        "username": server.username,
         "remote_dir": str(outbox),
-        "host_keys": [server.host_key_line],
-        "private_key": f"file:{server.client_key_path}",
         "columns": COLUMNS,
         "connect_timeout_seconds": 5,
         "max_attempts": 2,
@@ -353,12 +349,8 @@ def test_a_feed_yaml_opens_the_target_through_the_registry(
                 {
                     "name": "partner_drop",
                     "kind": "sftp",
-                    "host": sshd_server.host,
-                    "port": sshd_server.port,
-                    "username": sshd_server.username,
+                    **sshd_server.login(),
                     "remote_dir": str(outbox),
-                    "host_keys": [sshd_server.host_key_line],
-                    "private_key": f"file:{sshd_server.client_key_path}",
                     "file_name": "{tenant}-{source_stem}.{ext}",
                     "pgp": {
                         "recipient_public_keys": [f"file:{keys_dir / 'receiver.asc'}"],

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from batchbridge.demo.scenario import (
-    LabFeedScenario,
-    SftpEndpoint,
-    build_lab_scenario,
-    postgres_target,
-)
+from batchbridge.demo.scenario import LabFeedScenario, SftpEndpoint, build_lab_scenario
+from tests.support.feed_scenarios import postgres_target
 from tests.support.sshd import SshdServer
+
+
+def postgres_lab_scenario(
+    tmp_path: Path, endpoint: SftpEndpoint, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> LabFeedScenario:
+    """The lab_results feed on `endpoint`, its warehouse and ledger both at `postgres_url`."""
+    monkeypatch.setenv("BB_TEST_WAREHOUSE_URL", postgres_url)
+    # The ledger on PostgreSQL too: the production configuration.
+    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
+    return build_lab_scenario(
+        tmp_path / "feed", endpoint, targets=[postgres_target("BB_TEST_WAREHOUSE_URL")]
+    )
 
 
 @pytest.fixture
@@ -24,22 +32,6 @@ def scenario(
     postgres_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[LabFeedScenario]:
-    drop_dir = sshd_server.root / f"drop-{secrets.token_hex(4)}"
-    endpoint = SftpEndpoint(
-        host=sshd_server.host,
-        port=sshd_server.port,
-        username=sshd_server.username,
-        host_key_line=sshd_server.host_key_line,
-        client_private_key=sshd_server.client_private_key,
-        remote_dir=str(drop_dir),
-        drop_dir=drop_dir,
-    )
-    monkeypatch.setenv("BB_TEST_WAREHOUSE_URL", postgres_url)
-    # The ledger on PostgreSQL too: the production configuration.
-    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
-    built = build_lab_scenario(
-        tmp_path / "feed", endpoint, targets=[postgres_target("BB_TEST_WAREHOUSE_URL")]
-    )
+    built = postgres_lab_scenario(tmp_path, sshd_server.endpoint(), postgres_url, monkeypatch)
     yield built
     built.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 
 from batchbridge.config import SftpSourceConfig
+from tests.plugins.missing import missing_part
 from tests.support.sshd import SSHD_BINARY, SshdServer, sshd_available, start_sshd
 
 SftpConfigFactory = Callable[..., SftpSourceConfig]
@@ -17,12 +17,10 @@ SftpConfigFactory = Callable[..., SftpSourceConfig]
 
 def require_sshd() -> None:
     """Skip when sshd is missing on a developer machine; in CI (env CI set) fail instead."""
-    if sshd_available():
-        return
-    message = f"{SSHD_BINARY} not found: install openssh-server to run the SFTP integration tests"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if not sshd_available():
+        missing_part(
+            f"{SSHD_BINARY} not found: install openssh-server to run the SFTP integration tests"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +39,9 @@ def sftp_config_for(server: SshdServer, **overrides: Any) -> SftpSourceConfig:
     remote_dir = server.root / f"inbox-{secrets.token_hex(4)}"
     remote_dir.mkdir()
     values: dict[str, Any] = {
-        "host": server.host,
-        "port": server.port,
-        "username": server.username,
+        **server.login(),
         "remote_dir": str(remote_dir),
         "glob": "*.csv.pgp",
-        "host_keys": [server.host_key_line],
-        "private_key": f"file:{server.client_key_path}",
         "stable_seconds": 0.2,
         "min_age_seconds": 0,
         "connect_timeout_seconds": 5,

@@ -1,9 +1,10 @@
-"""Reliability suites: shared figures, printed at the end of the run.
+"""Reliability suites: shared figures, printed at the end of the run; Hypothesis profiles.
 
 Each suite adds to `reliability_figures` (e.g. figures.add("kill_points", 20)); the
 terminal summary prints them. `BATCHBRIDGE_RELIABILITY=full` (set by
 `make test-reliability`) runs the full suites; otherwise a quick subset runs in
-`make test`.
+`make test`. The generated (Hypothesis) tests take their settings from
+`hostile_settings`, built on the one profile of the mode.
 """
 
 from __future__ import annotations
@@ -13,8 +14,37 @@ import threading
 from collections import Counter
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 FULL = os.environ.get("BATCHBRIDGE_RELIABILITY") == "full"
+
+QUICK_PROFILE = "batchbridge-reliability-quick"
+FULL_PROFILE = "batchbridge-reliability-full"
+# Registered, not loaded: loading would change the defaults of every other suite in the
+# session (the unit tests use Hypothesis too). Each generated test asks for its settings.
+for _name, _full in ((QUICK_PROFILE, False), (FULL_PROFILE, True)):
+    settings.register_profile(
+        _name,
+        max_examples=3000 if _full else 150,
+        deadline=None,
+        database=None,  # nothing written into the work tree
+        derandomize=not _full,  # the quick run in `make test` is the same every time
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+PROFILE = settings.get_profile(FULL_PROFILE if FULL else QUICK_PROFILE)
+
+
+def hostile_settings(*, quick: int, full: int) -> settings:
+    """The mode's profile, generating `quick` (or, in full mode, `full`) examples a test."""
+    return settings(PROFILE, max_examples=full if FULL else quick)
+
+
+# Background threads of the session (Prefect's workers, paramiko) may draw from the global
+# `random` while Hypothesis generates an example; Hypothesis then blames the strategy.
+RANDOM_IN_OTHER_THREADS = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies"
+    ":hypothesis.errors.HypothesisDeprecationWarning"
+)
 
 # The figures every suite reports, printed even when zero (zero is the point for some).
 REPORTED = (

@@ -27,7 +27,6 @@ from batchbridge.demo.lab_data import expected_quarantined, generate_lab_rows
 from batchbridge.demo.scenario import (
     LAB_TARGET_COLUMNS,
     LabFeedScenario,
-    SftpEndpoint,
     build_lab_scenario,
     lab_file_name,
 )
@@ -171,15 +170,7 @@ class CrashLab:
         self.sshd_root = sshd.root
         # Where the partner keyring writes the files once; each cycle gets copies.
         partner_out = root / "partner-out"
-        endpoint = SftpEndpoint(
-            host=sshd.host,
-            port=sshd.port,
-            username=sshd.username,
-            host_key_line=sshd.host_key_line,
-            client_private_key=sshd.client_private_key,
-            remote_dir=str(partner_out),
-            drop_dir=partner_out,
-        )
+        endpoint = sshd.endpoint(partner_out)
         targets = [
             {
                 "name": "warehouse",

@@ -2,118 +2,40 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from batchbridge.config import FormatConfig
-from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
-from batchbridge.errors import BatchbridgeError, FileRejectedError
+from batchbridge.demo.lab_data import render_lab_csv
 from batchbridge.steward.csv_files import FORMULA_STARTS, neutralise, unneutralise
-from batchbridge.validations.base import ROW_COLUMN, ValidationContext
-from batchbridge.validations.parse import ValidatedFile, parse_and_validate
-from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
-from tests.reliability.conftest import FULL, Figures
+from batchbridge.validations.base import ROW_COLUMN
+from batchbridge.validations.parse import ValidatedFile
+from batchbridge.validations.schemas.lab_results import COLUMNS
+from tests.reliability.conftest import FULL, RANDOM_IN_OTHER_THREADS, Figures, hostile_settings
+from tests.reliability.hostile_harness import (
+    CANARY,
+    PlaintextHarness,
+    good_frame,
+    mutated_files,
+    random_splices,
+    replace_cell,
+)
 
-# Background threads of the session (Prefect's workers, paramiko) may draw from the global
-# `random` while Hypothesis generates an example; Hypothesis then blames the strategy.
-RANDOM_IN_OTHER_THREADS = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
+HARNESS = PlaintextHarness(
+    fmt=FormatConfig(),
+    reasons=frozenset({"malformed_file", "schema_drift", "trailer_mismatch"}),
+    max_message=2500,
+    declares_rows=True,  # the TRAILER count
 )
-FILE_DATE = date(2026, 11, 20)
-CTX = ValidationContext(
-    tenant="acme_lab",
-    file_date=FILE_DATE,
-    timezone="America/Chicago",
-    mappings={"local_test_code": mapping_frame()},
-)
-FMT = FormatConfig()
-# Stands in for a patient value; planted in cells, it must never reach an error message.
-CANARY = "ZEBULONQUIXOTE"
-CANARY_PARTS = ("ZEBULON", "QUIXOTE")
-REASONS = {"malformed_file", "schema_drift", "trailer_mismatch"}
+attempt = HARNESS.attempt
 HEADER = ",".join(COLUMNS).encode()
-
-EXAMPLES = 3000 if FULL else 150
-GENERATED = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,  # nothing written into the work tree
-    derandomize=not FULL,  # the quick run in `make test` is the same every time
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-
-def good_frame(rows: int = 12, seed: int = 3) -> pl.DataFrame:
-    """Valid rows with the canary as a first and a last name."""
-    return generate_lab_rows(rows, seed=seed, file_date=FILE_DATE, canary_names=[CANARY])
-
-
+GENERATED = hostile_settings(quick=150, full=3000)
 GOOD = render_lab_csv(good_frame())
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a file got: a rejection, or its rows split into valid and quarantined."""
-
-    rejected: FileRejectedError | None = None
-    validated: ValidatedFile | None = None
-
-
-def attempt(data: bytes, figures: Figures, fmt: FormatConfig = FMT) -> Outcome:
-    """Parse and validate `data` like the validate stage; check whichever answer comes back."""
-    figures.add("hostile_inputs")
-    try:
-        validated = parse_and_validate(data, fmt, LAB_RESULTS, CTX)
-    except FileRejectedError as exc:
-        check_rejection(exc)
-        return Outcome(rejected=exc)
-    except BatchbridgeError as exc:
-        figures.add("unhandled_errors")
-        pytest.fail(f"a plaintext failed outside FileRejectedError: {type(exc).__name__}")
-    except Exception:
-        # Anything else is a crash the stage guard would have to hide: count it and fail.
-        figures.add("unhandled_errors")
-        raise
-    check_accounted(validated)
-    return Outcome(validated=validated)
-
-
-def check_rejection(exc: FileRejectedError) -> None:
-    """A rejection names a known reason and carries no cell value, no chained library error."""
-    message = str(exc)
-    assert exc.reason in REASONS, exc.reason
-    for part in CANARY_PARTS:
-        assert part not in message, message[:300]
-    # A chained parser error would quote the data into logs and tracebacks.
-    assert exc.__cause__ is None
-    assert exc.__suppress_context__ or exc.__context__ is None
-    # One short printable line: nothing in it can forge log lines or flood an alert.
-    assert message.isprintable(), repr(message[:300])
-    assert len(message) < 2500, len(message)  # bounded, whatever the input holds
-
-
-def check_accounted(validated: ValidatedFile) -> None:
-    """Every record read is either valid or quarantined, kept as the exact string it was."""
-    result = validated.result
-    assert result.valid.height + result.quarantined.height == validated.rows_read
-    if validated.rows_declared is not None:
-        assert validated.rows_declared == validated.rows_read
-    for frame in (result.valid, result.quarantined):
-        cells = frame.select(COLUMNS)
-        assert all(dtype == pl.String for dtype in cells.dtypes)
-        # Nothing invented: no cell turned into a null (an empty field is "").
-        assert sum(cells.null_count().row(0)) == 0
-    rows = sorted([*result.valid[ROW_COLUMN].to_list(), *result.quarantined[ROW_COLUMN].to_list()])
-    assert rows == list(range(1, validated.rows_read + 1))
 
 
 def cell_of(validated: ValidatedFile, row: int, column: str) -> str:
@@ -124,16 +46,6 @@ def cell_of(validated: ValidatedFile, row: int, column: str) -> str:
             value: str = match[column].item()
             return value
     raise AssertionError(f"record {row} is neither valid nor quarantined")
-
-
-def replace_cell(frame: pl.DataFrame, row: int, column: str, value: str) -> pl.DataFrame:
-    """`frame` with record `row` (1-based) holding `value` in `column`."""
-    return frame.with_columns(
-        pl.when(pl.int_range(pl.len()) == row - 1)
-        .then(pl.lit(value))
-        .otherwise(pl.col(column))
-        .alias(column)
-    )
 
 
 # -- the fixed corpus -----------------------------------------------------------------------
@@ -495,48 +407,15 @@ def test_structured_hostile_files_never_crash(data: bytes, reliability_figures: 
     del outcome
 
 
-MUTATIONS = ["delete", "insert", "flip", "truncate", "duplicate", "swap_lines", "splice_token"]
-
-
-@st.composite
-def mutated_files(draw: st.DrawFn) -> bytes:
-    """A valid file with a few byte-level or line-level edits."""
-    data = bytearray(GOOD)
-    for _ in range(draw(st.integers(1, 4))):
-        if not data:
-            break
-        kind = draw(st.sampled_from(MUTATIONS))
-        at = draw(st.integers(0, len(data) - 1))
-        size = draw(st.integers(1, 40))
-        if kind == "delete":
-            del data[at : at + size]
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == "flip":
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "duplicate":
-            data[at:at] = data[at : at + size]
-        elif kind == "splice_token":
-            data[at:at] = draw(st.sampled_from(TOKENS)).encode()
-        else:
-            lines = bytes(data).split(b"\n")
-            i, j = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
-            lines[i], lines[j] = lines[j], lines[i]
-            data = bytearray(b"\n".join(lines))
-    return bytes(data)
-
-
 @RANDOM_IN_OTHER_THREADS
 @GENERATED
-@given(data=mutated_files())
+@given(data=mutated_files(GOOD, TOKENS, separator=b"\n"))
 def test_mutated_valid_files_never_crash(data: bytes, reliability_figures: Figures) -> None:
     attempt(data, reliability_figures)
 
 
 @RANDOM_IN_OTHER_THREADS
-@settings(GENERATED, max_examples=EXAMPLES // 3)
+@hostile_settings(quick=50, full=1000)
 @given(
     value=st.tuples(st.sampled_from(["=", "+", "-", "@"]), st.text(max_size=30)).map("".join),
     column=st.sampled_from(["patient_first_name", "test_name", "result_value", "reference_range"]),
@@ -557,17 +436,6 @@ def test_generated_formula_cells_are_kept_verbatim(
 
 def test_seeded_random_splices(reliability_figures: Figures) -> None:
     """Random byte splices of a bigger CRLF file, from a fixed seed."""
-    rng = random.Random(20261120)
     base = render_lab_csv(good_frame(200, seed=4), crlf=True)
-    for _ in range(2000 if FULL else 60):
-        data = bytearray(base)
-        for _ in range(rng.randint(1, 6)):
-            at = rng.randrange(len(data))
-            choice = rng.random()
-            if choice < 0.4:
-                data[at] = rng.randrange(256)
-            elif choice < 0.7:
-                del data[at : at + rng.randint(1, 200)]
-            else:
-                data[at:at] = rng.choice(TOKENS).encode()
-        attempt(bytes(data), reliability_figures)
+    for data in random_splices(base, TOKENS, 2000 if FULL else 60):
+        attempt(data, reliability_figures)

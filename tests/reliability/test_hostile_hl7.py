@@ -2,113 +2,36 @@
 
 from __future__ import annotations
 
-import random
 import time
-from dataclasses import dataclass
-from datetime import date
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from batchbridge.config import Hl7v2FormatConfig
-from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame
-from batchbridge.errors import BatchbridgeError, FileRejectedError
-from batchbridge.validations.base import ROW_COLUMN, ValidationContext
-from batchbridge.validations.parse import ValidatedFile, parse_and_validate
-from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
-from tests.reliability.conftest import FULL, Figures
+from batchbridge.validations.parse import ValidatedFile
+from tests.reliability.conftest import FULL, RANDOM_IN_OTHER_THREADS, Figures, hostile_settings
+from tests.reliability.hostile_harness import (
+    CANARY,
+    PlaintextHarness,
+    good_frame,
+    mutated_files,
+    random_splices,
+    replace_cell,
+)
 from tests.support.hl7_data import render_lab_hl7
 
-# Background threads of the session (Prefect's workers, paramiko) may draw from the global
-# `random` while Hypothesis generates an example; Hypothesis then blames the strategy.
-RANDOM_IN_OTHER_THREADS = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
+HARNESS = PlaintextHarness(
+    fmt=Hl7v2FormatConfig(),
+    reasons=frozenset({"malformed_file", "trailer_mismatch"}),
+    max_message=500,
+    declares_rows=False,  # the BTS/FTS counts are checked by the reader
 )
-FILE_DATE = date(2026, 11, 20)
-CTX = ValidationContext(
-    tenant="acme_lab",
-    file_date=FILE_DATE,
-    timezone="America/Chicago",
-    mappings={"local_test_code": mapping_frame()},
-)
-FMT = Hl7v2FormatConfig()
+attempt = HARNESS.attempt
 LOOSE = Hl7v2FormatConfig(require_batch_envelope=False)
-# Stands in for a patient value; planted in fields, it must never reach an error message.
-CANARY = "ZEBULONQUIXOTE"
-CANARY_PARTS = ("ZEBULON", "QUIXOTE")
-REASONS = {"malformed_file", "trailer_mismatch"}
-
-EXAMPLES = 3000 if FULL else 150
-GENERATED = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,  # nothing written into the work tree
-    derandomize=not FULL,  # the quick run in `make test` is the same every time
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-
-def good_frame(rows: int = 12, seed: int = 3) -> pl.DataFrame:
-    """Valid rows with the canary as a first and a last name."""
-    return generate_lab_rows(rows, seed=seed, file_date=FILE_DATE, canary_names=[CANARY])
-
-
+GENERATED = hostile_settings(quick=150, full=3000)
 GOOD = render_lab_hl7(good_frame())
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a file got: a rejection, or its rows split into valid and quarantined."""
-
-    rejected: FileRejectedError | None = None
-    validated: ValidatedFile | None = None
-
-
-def attempt(data: bytes, figures: Figures, fmt: Hl7v2FormatConfig = FMT) -> Outcome:
-    """Parse and validate `data` like the validate stage; check whichever answer comes back."""
-    figures.add("hostile_inputs")
-    try:
-        validated = parse_and_validate(data, fmt, LAB_RESULTS, CTX)
-    except FileRejectedError as exc:
-        check_rejection(exc)
-        return Outcome(rejected=exc)
-    except BatchbridgeError as exc:
-        figures.add("unhandled_errors")
-        pytest.fail(f"a plaintext failed outside FileRejectedError: {type(exc).__name__}")
-    except Exception:
-        # Anything else is a crash the stage guard would have to hide: count it and fail.
-        figures.add("unhandled_errors")
-        raise
-    check_accounted(validated)
-    return Outcome(validated=validated)
-
-
-def check_rejection(exc: FileRejectedError) -> None:
-    """A rejection names a known reason and carries no value, no chained library error."""
-    message = str(exc)
-    assert exc.reason in REASONS, exc.reason
-    for part in CANARY_PARTS:
-        assert part not in message, message[:300]
-    assert exc.__cause__ is None
-    assert exc.__suppress_context__ or exc.__context__ is None
-    assert message.isprintable(), repr(message[:300])
-    assert len(message) < 500, len(message)
-
-
-def check_accounted(validated: ValidatedFile) -> None:
-    """Every OBX read is either valid or quarantined, as strings, nothing turned into null."""
-    result = validated.result
-    assert result.valid.height + result.quarantined.height == validated.rows_read
-    assert validated.rows_declared is None  # the BTS/FTS counts are checked by the reader
-    for frame in (result.valid, result.quarantined):
-        cells = frame.select(COLUMNS)
-        assert all(dtype == pl.String for dtype in cells.dtypes)
-        assert sum(cells.null_count().row(0)) == 0
-    rows = sorted([*result.valid[ROW_COLUMN].to_list(), *result.quarantined[ROW_COLUMN].to_list()])
-    assert rows == list(range(1, validated.rows_read + 1))
 
 
 def cell_of(validated: ValidatedFile, rid: str, column: str) -> str:
@@ -119,16 +42,6 @@ def cell_of(validated: ValidatedFile, rid: str, column: str) -> str:
             value: str = match[column].item()
             return value
     raise AssertionError(f"{rid} is neither valid nor quarantined")
-
-
-def with_cell(frame: pl.DataFrame, row: int, column: str, value: str) -> pl.DataFrame:
-    """`frame` with `value` in `column` of row `row` (1-based; its record_id is 'R' + row)."""
-    return frame.with_columns(
-        pl.when(pl.int_range(pl.len()) == row - 1)
-        .then(pl.lit(value))
-        .otherwise(pl.col(column))
-        .alias(column)
-    )
 
 
 def record_id(row: int) -> str:
@@ -226,7 +139,7 @@ def test_a_truncated_file_is_refused_at_every_segment(reliability_figures: Figur
 
 def test_a_ten_megabyte_value_is_kept_whole(reliability_figures: Figures) -> None:
     huge = ("text, with |^~&\\ and \n breaks " * 400_000)[: 10 * 1024 * 1024] + CANARY
-    frame = with_cell(good_frame(), 2, "test_name", huge)
+    frame = replace_cell(good_frame(), 2, "test_name", huge)
     outcome = attempt(render_lab_hl7(frame), reliability_figures)
     assert outcome.validated is not None, str(outcome.rejected)
     assert cell_of(outcome.validated, record_id(2), "test_name") == huge
@@ -246,7 +159,7 @@ def test_hard_to_see_characters_in_values_are_data(reliability_figures: Figures)
     sneaky = ["\u202eevil", "zero\u200bwidth", "\ufeffbom", "é" * 50, "\u2028line", "\x85nel"]
     frame = good_frame(len(sneaky) + 2)
     for row, value in enumerate(sneaky, start=1):
-        frame = with_cell(frame, row, "patient_first_name", value)
+        frame = replace_cell(frame, row, "patient_first_name", value)
     outcome = attempt(render_lab_hl7(frame), reliability_figures)
     assert outcome.validated is not None, str(outcome.rejected)
     for row, value in enumerate(sneaky, start=1):
@@ -352,48 +265,15 @@ def test_structured_hostile_files_never_crash(data: bytes, reliability_figures: 
     attempt(data, reliability_figures, LOOSE)
 
 
-MUTATIONS = ["delete", "insert", "flip", "truncate", "duplicate", "swap_segments", "splice_token"]
-
-
-@st.composite
-def mutated_files(draw: st.DrawFn) -> bytes:
-    """A valid file with a few byte-level or segment-level edits."""
-    data = bytearray(GOOD)
-    for _ in range(draw(st.integers(1, 4))):
-        if not data:
-            break
-        kind = draw(st.sampled_from(MUTATIONS))
-        at = draw(st.integers(0, len(data) - 1))
-        size = draw(st.integers(1, 40))
-        if kind == "delete":
-            del data[at : at + size]
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=8))
-        elif kind == "flip":
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "duplicate":
-            data[at:at] = data[at : at + size]
-        elif kind == "splice_token":
-            data[at:at] = draw(st.sampled_from(TOKENS)).encode()
-        else:
-            parts = bytes(data).split(b"\r")
-            i, j = draw(st.integers(0, len(parts) - 1)), draw(st.integers(0, len(parts) - 1))
-            parts[i], parts[j] = parts[j], parts[i]
-            data = bytearray(b"\r".join(parts))
-    return bytes(data)
-
-
 @RANDOM_IN_OTHER_THREADS
 @GENERATED
-@given(data=mutated_files())
+@given(data=mutated_files(GOOD, TOKENS, separator=b"\r"))
 def test_mutated_valid_files_never_crash(data: bytes, reliability_figures: Figures) -> None:
     attempt(data, reliability_figures)
 
 
 @RANDOM_IN_OTHER_THREADS
-@settings(GENERATED, max_examples=EXAMPLES // 3)
+@hostile_settings(quick=50, full=1000)
 @given(
     text=st.text(max_size=40),
     column=st.sampled_from(
@@ -404,7 +284,7 @@ def test_mutated_valid_files_never_crash(data: bytes, reliability_figures: Figur
 def test_generated_values_are_kept_verbatim(
     text: str, column: str, row: int, reliability_figures: Figures
 ) -> None:
-    frame = with_cell(good_frame(6, seed=9), row, column, text)
+    frame = replace_cell(good_frame(6, seed=9), row, column, text)
     outcome = attempt(render_lab_hl7(frame), reliability_figures)
     assert outcome.validated is not None, str(outcome.rejected)
     assert cell_of(outcome.validated, record_id(row), column) == text
@@ -412,17 +292,6 @@ def test_generated_values_are_kept_verbatim(
 
 def test_seeded_random_splices(reliability_figures: Figures) -> None:
     """Random byte splices of a bigger CRLF file, from a fixed seed."""
-    rng = random.Random(20261120)
     base = render_lab_hl7(good_frame(200, seed=4), segment_end="\r\n", batches=3)
-    for _ in range(2000 if FULL else 60):
-        data = bytearray(base)
-        for _ in range(rng.randint(1, 6)):
-            at = rng.randrange(len(data))
-            choice = rng.random()
-            if choice < 0.4:
-                data[at] = rng.randrange(256)
-            elif choice < 0.7:
-                del data[at : at + rng.randint(1, 200)]
-            else:
-                data[at:at] = rng.choice(TOKENS).encode()
-        attempt(bytes(data), reliability_figures)
+    for data in random_splices(base, TOKENS, 2000 if FULL else 60):
+        attempt(data, reliability_figures)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from batchbridge.config import LocalSourceConfig, SftpSourceConfig
@@ -26,15 +26,10 @@ from batchbridge.connectors.sources.names import (
 from batchbridge.connectors.sources.sftp import SftpSource
 from batchbridge.errors import BatchbridgeError, SourceError, UnsafeRemoteNameError
 from tests.plugins.sshd import sftp_config_for
-from tests.reliability.conftest import FULL, Figures
+from tests.reliability.conftest import RANDOM_IN_OTHER_THREADS, Figures, hostile_settings
+from tests.reliability.hostile_harness import hostile_call
 from tests.support.sshd import SshdServer
 
-# Background threads of the session (Prefect's workers, paramiko) may draw from the global
-# `random` while Hypothesis generates an example; Hypothesis then blames the strategy.
-RANDOM_IN_OTHER_THREADS = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
 OLD = time.time() - 3600
 GLOB = "*"
 
@@ -134,17 +129,8 @@ def test_odd_but_plain_name_is_accepted_and_stays_in_staging(
     assert (tmp_path / name).resolve().parent == tmp_path.resolve()
 
 
-NAMES = 3000 if FULL else 300
-
-
 @RANDOM_IN_OTHER_THREADS
-@settings(
-    max_examples=NAMES,
-    deadline=None,
-    database=None,
-    derandomize=not FULL,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@hostile_settings(quick=300, full=3000)
 @given(
     name=st.one_of(
         st.text(max_size=80),
@@ -158,16 +144,16 @@ NAMES = 3000 if FULL else 300
 def test_any_name_is_refused_or_a_single_plain_component(
     name: str, reliability_figures: Figures
 ) -> None:
-    reliability_figures.add("hostile_inputs")
-    try:
-        check_remote_name(name)
-    except UnsafeRemoteNameError as exc:
-        check_refusal(exc)
+    refused = hostile_call(
+        reliability_figures,
+        lambda: check_remote_name(name),
+        UnsafeRemoteNameError,
+        check_refusal,
+        subject="a name",
+    )
+    if refused is not None:
         assert remote_name_problem(name) is not None
         return
-    except Exception:
-        reliability_figures.add("unhandled_errors")
-        raise
     # Accepted: it names exactly one entry inside the folder and prints as itself.
     assert name not in ("", ".", "..") and "/" not in name and "\\" not in name
     assert len(name.encode("utf-8")) <= MAX_NAME_BYTES

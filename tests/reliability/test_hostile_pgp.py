@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pgpy
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pgpy.constants import SymmetricKeyAlgorithm
 from pgpy.packet.packets import IntegrityProtectedSKEDataV1, PKESessionKeyV3
@@ -27,16 +27,11 @@ from pgpy.packet.packets import IntegrityProtectedSKEDataV1, PKESessionKeyV3
 from batchbridge.connectors.pgp.base import Decryptor, DecryptorKeys, DecryptorLimits
 from batchbridge.connectors.pgp.gnupg import GnuPGDecryptor
 from batchbridge.connectors.pgp.pgpy_engine import PGPyDecryptor
-from batchbridge.errors import BatchbridgeError, DecryptError
+from batchbridge.errors import DecryptError
 from tests.plugins.gpg import CANARY, GpgTestKeys, lab_plaintext
-from tests.reliability.conftest import FULL, Figures
+from tests.reliability.conftest import FULL, RANDOM_IN_OTHER_THREADS, Figures, hostile_settings
+from tests.reliability.hostile_harness import hostile_call
 
-# Background threads of the session (Prefect's workers, paramiko) may draw from the global
-# `random` while Hypothesis generates an example; Hypothesis then blames the strategy.
-RANDOM_IN_OTHER_THREADS = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
 pytestmark = pytest.mark.integration
 
 EngineFactory = Callable[[DecryptorKeys, DecryptorLimits], Decryptor]
@@ -107,19 +102,16 @@ class Attempts:
 
     def run(self, path: Path, original: bytes | None = PLAINTEXT) -> DecryptError | None:
         """None when the file was accepted (then it must be exactly `original`)."""
-        self.figures.add("hostile_inputs")
-        try:
-            result = self.decryptor.decrypt_and_verify(path)
-        except DecryptError as exc:
-            check_refusal(exc)
-            self.reasons[exc.reason] = self.reasons.get(exc.reason, 0) + 1
-            return exc
-        except BatchbridgeError as exc:
-            self.figures.add("unhandled_errors")
-            pytest.fail(f"{path.name}: refused outside DecryptError: {type(exc).__name__} {exc}")
-        except Exception:
-            self.figures.add("unhandled_errors")
-            raise
+        result = hostile_call(
+            self.figures,
+            lambda: self.decryptor.decrypt_and_verify(path),
+            DecryptError,
+            check_refusal,
+            subject=path.name,
+        )
+        if isinstance(result, DecryptError):
+            self.reasons[result.reason] = self.reasons.get(result.reason, 0) + 1
+            return result
         # A damaged file may only ever be accepted when the damage changed nothing that
         # counts (an armor checksum, a comment line): the plaintext and signer are exact.
         assert original is not None, f"{path.name} was accepted"
@@ -565,13 +557,7 @@ def good_binary(messages: Messages) -> bytes:
 
 
 @RANDOM_IN_OTHER_THREADS
-@settings(
-    max_examples=2000 if FULL else 150,
-    deadline=None,
-    database=None,
-    derandomize=not FULL,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@hostile_settings(quick=150, full=2000)
 @given(
     edits=st.lists(
         st.tuples(

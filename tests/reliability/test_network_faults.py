@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,12 @@ from batchbridge.connectors.targets.postgres import PostgresTarget
 from batchbridge.demo.lab_data import generate_lab_rows
 from batchbridge.demo.scenario import (
     LabFeedScenario,
-    SftpEndpoint,
-    build_lab_scenario,
     lab_file_name,
-    postgres_target,
 )
 from batchbridge.errors import TransientSourceError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
 from tests.integration.flow_helpers import libpq_url, run_flow, target_rows
+from tests.plugins.scenario import postgres_lab_scenario
 from tests.plugins.sshd import sftp_config_for
 from tests.reliability.conftest import FULL, Figures
 from tests.support.faultproxy import Direction, Fault, FaultKind, FaultProxy
@@ -54,14 +53,21 @@ MAX_ATTEMPTS = 3
 # -- fixtures -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sshd_proxy(sshd_server: SshdServer, reliability_figures: Figures) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the module's sshd; its fired faults go to the figures."""
-    with FaultProxy(sshd_server.host, sshd_server.port) as proxy:
+@contextmanager
+def counted_proxy(host: str, port: int, figures: Figures) -> Iterator[FaultProxy]:
+    """A fault proxy in front of `host`:`port`; the faults it fired go to the figures."""
+    with FaultProxy(host, port) as proxy:
         try:
             yield proxy
         finally:
-            reliability_figures.add("faults_injected", proxy.faults_injected)
+            figures.add("faults_injected", proxy.faults_injected)
+
+
+@pytest.fixture
+def sshd_proxy(sshd_server: SshdServer, reliability_figures: Figures) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the module's sshd; its fired faults go to the figures."""
+    with counted_proxy(sshd_server.host, sshd_server.port, reliability_figures) as proxy:
+        yield proxy
 
 
 def proxied_sftp_config(
@@ -219,22 +225,8 @@ def proxied_scenario(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[LabFeedScenario]:
     """The lab_results feed, its SFTP source reached through the fault proxy."""
-    drop_dir = sshd_server.root / f"drop-{secrets.token_hex(4)}"
-    endpoint = SftpEndpoint(
-        host=sshd_server.host,
-        port=sshd_proxy.port,
-        username=sshd_server.username,
-        host_key_line=sshd_server.host_key_line,
-        client_private_key=sshd_server.client_private_key,
-        remote_dir=str(drop_dir),
-        drop_dir=drop_dir,
-    )
-    monkeypatch.setenv("BB_TEST_WAREHOUSE_URL", postgres_url)
-    monkeypatch.setenv("BATCHBRIDGE_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("BATCHBRIDGE_STAGING_DIR", str(tmp_path / "staging"))
-    built = build_lab_scenario(
-        tmp_path / "feed", endpoint, targets=[postgres_target("BB_TEST_WAREHOUSE_URL")]
-    )
+    endpoint = sshd_server.endpoint(port=sshd_proxy.port)
+    built = postgres_lab_scenario(tmp_path, endpoint, postgres_url, monkeypatch)
     yield built
     built.close()
 
@@ -293,11 +285,8 @@ COPY_BATCH = 5_000
 @pytest.fixture
 def pg_proxy(postgres_server: PostgresServer, reliability_figures: Figures) -> Iterator[FaultProxy]:
     """A fault proxy in front of the session's PostgreSQL."""
-    with FaultProxy(postgres_server.host, postgres_server.port) as proxy:
-        try:
-            yield proxy
-        finally:
-            reliability_figures.add("faults_injected", proxy.faults_injected)
+    with counted_proxy(postgres_server.host, postgres_server.port, reliability_figures) as proxy:
+        yield proxy
 
 
 def via(url: str, server: PostgresServer, proxy: FaultProxy) -> str:

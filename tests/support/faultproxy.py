@@ -1,4 +1,8 @@
-"""A loopback TCP proxy that injects network faults (reset, stall, truncate) into tests."""
+"""A loopback TCP proxy that injects network faults (reset, stall, truncate) into tests.
+
+The faults themselves (what fires when) are in tests.support.faults; this module moves
+the bytes and carries a fired fault out on the sockets.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,12 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any
+
+from tests.support.faults import PASS, ByteCounts, Direction, Fault, FaultKind, FaultSwitch
+from tests.support.lifecycle import StopsOnExit
 
 __all__ = ["Direction", "Fault", "FaultKind", "FaultProxy"]
-
-FaultKind = Literal["pass", "reset", "stall", "truncate"]
-Direction = Literal["downstream", "upstream"]
-"""downstream: server -> client bytes; upstream: client -> server bytes."""
 
 _CHUNK = 65536
 # Hard ceilings so that a forgotten proxy or a runaway client cannot outlive the test run.
@@ -27,54 +29,6 @@ _START_TIMEOUT_SECONDS = 10.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class Fault:
-    """What to do to connections once `after_bytes` bytes flowed in `direction`.
-
-    Bytes are counted per connection from the moment the fault is armed (or the
-    connection opened, if later), so a fault armed between two operations hits the
-    second one. With `match`, the fault instead fires on the first chunk in
-    `direction` that contains those bytes (that chunk is not forwarded): it aims at
-    a protocol message, e.g. PostgreSQL's reply to COMMIT.
-
-    reset: both sides get a TCP RST (SO_LINGER 0), as from a crashed middlebox.
-    stall: nothing more is forwarded either way for `stall_seconds` (None: until the
-    fault is cleared or the proxy stops), as on a black-holed route.
-    truncate: both sides are closed cleanly (FIN), as by a proxy that gave up.
-    `times`: how many connections get the fault (None: every one), so "the first
-    attempt fails, the retry passes" is `times=1`.
-    """
-
-    kind: FaultKind
-    after_bytes: int = 0
-    direction: Direction = "downstream"
-    stall_seconds: float | None = None
-    times: int | None = 1
-    match: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if self.after_bytes < 0:
-            raise ValueError("after_bytes must be >= 0")
-        if self.times is not None and self.times < 1:
-            raise ValueError("times must be >= 1 (or None for every connection)")
-        if self.stall_seconds is not None and self.stall_seconds < 0:
-            raise ValueError("stall_seconds must be >= 0")
-        if self.match is not None and not self.match:
-            raise ValueError("match must not be empty")
-
-
-_PASS = Fault("pass", times=None)
-
-
-@dataclass
-class _Armed:
-    """The fault in force, its generation (to restart byte counts) and its uses left."""
-
-    fault: Fault
-    generation: int
-    remaining: int | None
-
-
 @dataclass
 class _Connection:
     """One proxied client connection and its upstream leg."""
@@ -82,20 +36,17 @@ class _Connection:
     ident: int
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
-    counts: dict[Direction, int] = field(default_factory=lambda: {"downstream": 0, "upstream": 0})
-    seen_generation: dict[Direction, int] = field(
-        default_factory=lambda: {"downstream": -1, "upstream": -1}
-    )
+    seen: ByteCounts = field(default_factory=ByteCounts)
     stall_until: float = 0.0  # time.monotonic(); float("inf") until released
     closed: bool = False
 
 
-class FaultProxy:
+class FaultProxy(StopsOnExit):
     """Forward 127.0.0.1:`port` to an upstream loopback server, with switchable faults.
 
     Runs an asyncio loop in a daemon thread. Only loopback addresses are accepted on
     either side. It stops by itself after `max_lifetime_seconds`, refuses connections
-    beyond `max_connections`, and `close()` (or leaving `with`) ends every connection.
+    beyond `max_connections`, and `stop()` (or leaving `with`) ends every connection.
     `faults_injected` counts the faults that actually fired.
     """
 
@@ -118,8 +69,7 @@ class FaultProxy:
         self.max_connections = max_connections
         self.port = 0
         self._lock = threading.Lock()
-        self._armed = _Armed(_PASS, 0, None)
-        self._faults_injected = 0
+        self._switch = FaultSwitch()
         self._accepted = 0
         self._bytes: dict[Direction, int] = {"downstream": 0, "upstream": 0}
         self._connections: dict[int, _Connection] = {}
@@ -145,7 +95,7 @@ class FaultProxy:
             raise RuntimeError("FaultProxy could not start") from self._start_error
         return self
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """Stop listening, reset every open connection and join the thread."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
@@ -159,33 +109,22 @@ class FaultProxy:
     def __enter__(self) -> FaultProxy:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- faults -----------------------------------------------------------------------
 
     def inject(self, fault: Fault) -> None:
         """Arm `fault` (replacing the one in force); byte counts restart from here."""
-        with self._lock:
-            generation = self._armed.generation + 1
-            self._armed = _Armed(fault, generation, fault.times)
+        self._switch.arm(fault)
         if fault.kind != "stall":
             self._call(self._release_stalls)
 
     def clear(self) -> None:
         """Back to plain forwarding; connections stalled 'forever' resume."""
-        self.inject(_PASS)
+        self.inject(PASS)
 
     @property
     def faults_injected(self) -> int:
         """How many times a fault fired (one per affected connection)."""
-        with self._lock:
-            return self._faults_injected
+        return self._switch.fired
 
     @property
     def connections_accepted(self) -> int:
@@ -228,7 +167,7 @@ class FaultProxy:
         self._ready.set()
         tasks = self._tasks
         try:
-            # Bounded: the proxy ends itself even if nobody calls close().
+            # Bounded: the proxy ends itself even if nobody calls stop().
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.max_lifetime_seconds)
         finally:
@@ -308,7 +247,7 @@ class FaultProxy:
                     if not conn.closed and writer.can_write_eof():
                         writer.write_eof()
                     return
-                head, fired, tail = self._apply_fault(conn, direction, data)
+                head, fired, tail = self._switch.split(conn.seen, direction, data)
                 await self._forward(conn, writer, direction, head)
                 if fired is not None and fired.kind == "reset":
                     self._abort(conn)
@@ -341,39 +280,6 @@ class FaultProxy:
         await writer.drain()
         with self._lock:
             self._bytes[direction] += len(data)
-
-    def _apply_fault(
-        self, conn: _Connection, direction: Direction, data: bytes
-    ) -> tuple[bytes, Fault | None, bytes]:
-        """Split a chunk: (forward now, the fault that fires after it or None, the rest).
-
-        With a matched fault the whole chunk is the rest: the aimed-at message never passes
-        (a reset or truncation drops it; a stall holds it).
-        """
-        with self._lock:
-            armed = self._armed
-            fault = armed.fault
-            if fault.kind == "pass" or fault.direction != direction:
-                return data, None, b""
-            if conn.seen_generation[direction] != armed.generation:
-                conn.seen_generation[direction] = armed.generation
-                conn.counts[direction] = 0
-            before = conn.counts[direction]
-            conn.counts[direction] += len(data)
-            if fault.match is not None:
-                if fault.match not in data:
-                    return data, None, b""
-                cut = 0
-            else:
-                if conn.counts[direction] <= fault.after_bytes:
-                    return data, None, b""
-                cut = max(0, fault.after_bytes - before)
-            if armed.remaining is not None:
-                if armed.remaining == 0:
-                    return data, None, b""
-                armed.remaining -= 1
-            self._faults_injected += 1
-        return data[:cut], fault, data[cut:]
 
     async def _wait_unstalled(self, conn: _Connection) -> None:
         while not conn.closed and self._stopping is not None and not self._stopping.is_set():

@@ -17,10 +17,11 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
+
+from tests.support.lifecycle import StopsOnExit
 
 __all__ = [
     "PostgresNotFoundError",
@@ -108,7 +109,7 @@ def _traversable_by(path: Path, user: pwd.struct_passwd) -> bool:
 
 
 @dataclass
-class PostgresServer:
+class PostgresServer(StopsOnExit):
     """A running test cluster; `stop()` kills it and deletes its files."""
 
     bindir: Path
@@ -223,17 +224,6 @@ class PostgresServer:
         """Stop the server (fast, else immediate, else SIGKILL) and delete its files."""
         if self._finalizer is not None:
             self._finalizer()
-
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _log_tail(self, lines: int = 40) -> str:
         try:

@@ -15,7 +15,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.lifecycle import StopsOnExit
 
 _START_TIMEOUT_SECONDS = 120.0
 _STOP_TIMEOUT_SECONDS = 20.0
@@ -76,7 +77,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @dataclass
-class PrefectWorker:
+class PrefectWorker(StopsOnExit):
     """A `prefect worker start --type process` subprocess polling one work pool."""
 
     name: str
@@ -98,20 +99,9 @@ class PrefectWorker:
         process, self._process = self._process, None
         _stop_group(process)
 
-    def __enter__(self) -> PrefectWorker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 @dataclass
-class PrefectServer:
+class PrefectServer(StopsOnExit):
     """A running `prefect server start`: its API URL, home folder and log."""
 
     home: Path
@@ -249,17 +239,6 @@ class PrefectServer:
         self._workers.clear()
         process, self._process = self._process, None
         _stop_group(process)
-
-    def __enter__(self) -> PrefectServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_prefect_server(

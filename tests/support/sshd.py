@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
 from batchbridge.demo.keys import generate_ed25519, write_secret_file
+from batchbridge.demo.scenario import SftpEndpoint
+from tests.support.lifecycle import StopsOnExit
 
 SSHD_BINARY = Path("/usr/sbin/sshd")
 _PRIVSEP_DIR = Path("/run/sshd")
@@ -24,7 +27,7 @@ class SshdUnavailableError(RuntimeError):
 
 
 @dataclass
-class SshdServer:
+class SshdServer(StopsOnExit):
     """A running sshd: where to connect, as whom, which host key to pin, where files live.
 
     There is no chroot: `root` is a local folder and also the absolute remote path of it.
@@ -68,6 +71,39 @@ class SshdServer:
         self._process = _launch(self)
         return self.host_key_line
 
+    def endpoint(
+        self, drop_dir: Path | None = None, *, prefix: str = "drop", port: int | None = None
+    ) -> SftpEndpoint:
+        """A partner endpoint on this server: log in as its user, pin its host key.
+
+        Files go to `drop_dir` (default: a fresh `<prefix>-<random>` folder under `root`;
+        the scenario creates it); with no chroot it is also the remote path. `port`
+        reaches the server another way, e.g. through a fault proxy.
+        """
+        folder = drop_dir or self.root / f"{prefix}-{secrets.token_hex(4)}"
+        return SftpEndpoint(
+            host=self.host,
+            port=self.port if port is None else port,
+            username=self.username,
+            host_key_line=self.host_key_line,
+            client_private_key=self.client_private_key,
+            remote_dir=str(folder),
+            drop_dir=folder,
+        )
+
+    def login(self) -> dict[str, Any]:
+        """The connection fields of an SFTP source or target config for this server.
+
+        Where it listens, as whom to log in, its host key to pin, the client key file.
+        """
+        return {
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            "host_keys": [self.host_key_line],
+            "private_key": f"file:{self.client_key_path}",
+        }
+
     def log_tail(self, lines: int = 30) -> str:
         """Last lines of sshd's log (it holds user names and key fingerprints, no secrets)."""
         try:
@@ -75,17 +111,6 @@ class SshdServer:
         except FileNotFoundError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> SshdServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def sshd_available(binary: Path = SSHD_BINARY) -> bool:

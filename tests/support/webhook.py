@@ -9,8 +9,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from tests.support.lifecycle import StopsOnExit
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class _Planned:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class WebhookReceiver:
+class WebhookReceiver(StopsOnExit):
     """An HTTP server in a thread on a free loopback port, answering like Slack ("ok").
 
     Only POSTs to `url` (a random token path, as real webhook URLs carry one) are
@@ -147,11 +148,3 @@ class WebhookReceiver:
 
     def __enter__(self) -> WebhookReceiver:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

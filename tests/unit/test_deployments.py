@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prefect.flows import Flow
+from prefect.flows import Flow, load_flow_from_entrypoint
 
 from batchbridge.config import list_feeds, load_feed
 from batchbridge.deploy.names import WORK_POOL, tenant_queue
 from batchbridge.deploy.prefect_yaml import (
     CHECKOUT_ENV,
+    CONFIG_DIR_ENV,
+    LEDGER_ENVS,
     PULL_STEP,
-    FeedDeployment,
     build_plan,
     check_prefect_file,
     enter_checkout,
 )
+from batchbridge.deploy.tables import FeedDeployment
 from batchbridge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +39,10 @@ def deployments() -> dict[str, dict[str, Any]]:
 
 
 def _flow_of(entrypoint: str) -> Flow[Any, Any]:
-    path, _, name = entrypoint.partition(":")
-    assert (ROOT / path).is_file(), f"entrypoint {path} does not exist"
-    module = path.removeprefix("src/").removesuffix(".py").replace("/", ".")
-    found = getattr(importlib.import_module(module), name)
+    # A module path into the installed package, loaded the way a worker loads it: Prefect
+    # treats an entrypoint without a colon as one (no file of a checkout is read).
+    assert entrypoint.startswith("batchbridge.flows.") and ":" not in entrypoint, entrypoint
+    found = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
     assert isinstance(found, Flow), f"{entrypoint} is not a Prefect flow"
     return found
 
@@ -98,11 +99,56 @@ def test_workers_run_from_their_own_checkout(
 def test_a_worker_without_its_checkout_says_so(
     home: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
     if home is None:
         monkeypatch.delenv(CHECKOUT_ENV, raising=False)
     else:
         monkeypatch.setenv(CHECKOUT_ENV, home)
     with pytest.raises(ConfigError, match=CHECKOUT_ENV):
+        enter_checkout()
+
+
+def test_every_entrypoint_is_a_module_path(deployments: dict[str, dict[str, Any]]) -> None:
+    for name, deployment in deployments.items():
+        assert _flow_of(deployment["entrypoint"]), name
+
+
+def test_a_worker_without_a_checkout_runs_from_the_installed_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a process worker starts each run in a throwaway folder
+    monkeypatch.delenv(CHECKOUT_ENV, raising=False)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(FEEDS_DIR))
+    monkeypatch.setenv(LEDGER_ENVS[0], "postgresql://ledger.example/batchbridge")
+    assert enter_checkout() == {}
+    assert Path.cwd() == tmp_path  # stays put: nothing is read from a checkout
+
+
+@pytest.mark.parametrize(
+    ("config_dir", "ledger", "named"),
+    [
+        ("feeds", {LEDGER_ENVS[0]: "sqlite:////srv/ledger.db"}, CONFIG_DIR_ENV),
+        ("/nonexistent/feeds", {LEDGER_ENVS[0]: "sqlite:////srv/ledger.db"}, CONFIG_DIR_ENV),
+        (str(FEEDS_DIR), {}, LEDGER_ENVS[0]),
+        (str(FEEDS_DIR), {LEDGER_ENVS[1]: "var"}, LEDGER_ENVS[1]),
+    ],
+)
+def test_a_worker_without_a_checkout_needs_its_feeds_and_ledger(
+    config_dir: str,
+    ledger: dict[str, str],
+    named: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Relative settings would resolve in the run's throwaway folder: a ledger made
+    # there is deleted with it.
+    monkeypatch.chdir(tmp_path)
+    for variable in (CHECKOUT_ENV, *LEDGER_ENVS):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(CONFIG_DIR_ENV, config_dir)
+    for variable, value in ledger.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=named):
         enter_checkout()
 
 
@@ -118,7 +164,7 @@ def test_check_names_the_stale_file(tmp_path: Path) -> None:
 def test_a_per_feed_flow_is_one_table_row() -> None:
     checks = FeedDeployment(
         suffix="health",
-        entrypoint="src/batchbridge/flows/nightly.py:nightly_feed",
+        entrypoint="batchbridge.flows.nightly.nightly_feed",
         description="Health of {feed} ({tenant}).",
         schedules=lambda config: [{"cron": "0 9 * * *", "timezone": config.timezone}],
         tenant_bound=False,

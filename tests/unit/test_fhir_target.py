@@ -17,13 +17,8 @@ from pydantic import SecretStr
 
 from batchbridge.config import load_feed
 from batchbridge.connectors.targets.base import LoadRequest
-from batchbridge.connectors.targets.fhir import (
-    ClientCredentials,
-    FhirTarget,
-    check_fhir_url,
-    open_fhir_target,
-)
-from batchbridge.connectors.targets.registry import open_target
+from batchbridge.connectors.targets.fhir import ClientCredentials, FhirTarget, check_fhir_url
+from batchbridge.connectors.targets.registry import open_fhir_target, open_target
 from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN, FhirIdentity
@@ -531,7 +526,9 @@ def test_a_schema_without_fhir_support_is_refused(
         name = "lab_results"
         natural_key = ("record_id",)
 
-    monkeypatch.setattr("batchbridge.connectors.targets.fhir.get_schema", lambda _name: NoFhir())
+    monkeypatch.setattr(
+        "batchbridge.connectors.targets.registry.get_schema", lambda _name: NoFhir()
+    )
     with pytest.raises(ConfigError, match="cannot express its rows as FHIR"):
         open_fhir_target(loaded, loaded.config.targets[0])  # type: ignore[arg-type]
 

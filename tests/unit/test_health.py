@@ -12,22 +12,17 @@ import paramiko
 import pytest
 
 from batchbridge.cli.app import main
-from batchbridge.config import LoadedFeed, load_feed
+from batchbridge.config import UNPINNED_HOST_KEY, LoadedFeed, load_feed
 from batchbridge.connectors.sources.sftp import SftpProbe
 from batchbridge.connectors.ssh.host_keys import fingerprint, parse_host_key
 from batchbridge.demo.keys import generate_ed25519
 from batchbridge.errors import HostKeyError, SourceError, TransientSourceError
-from batchbridge.monitoring.health_checks import (
-    UNPINNED_HOST_KEY,
-    CheckResult,
-    FeedHealth,
-    assess_key_expiry,
-    check_sftp,
-    check_target,
-    feed_secret_references,
-    run_feed_checks,
-)
+from batchbridge.monitoring.health_checks import feed_secret_references, run_feed_checks
+from batchbridge.monitoring.health_keys import assess_key_expiry
+from batchbridge.monitoring.health_model import CheckResult, FeedHealth
 from batchbridge.monitoring.health_report import render_health_markdown
+from batchbridge.monitoring.health_source import check_sftp
+from batchbridge.monitoring.health_targets import check_target
 from tests.unit.feed_helpers import write_feed
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

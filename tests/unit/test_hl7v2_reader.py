@@ -9,7 +9,6 @@ import pytest
 
 from batchbridge.config import FormatConfig, Hl7v2FormatConfig
 from batchbridge.demo.lab_data import (
-    BAD_ROW_REASONS,
     expected_quarantined,
     generate_lab_rows,
     mapping_frame,
@@ -26,6 +25,7 @@ from batchbridge.validations.parse import parse_and_validate
 from batchbridge.validations.readers.hl7v2 import read_hl7v2
 from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
 from tests.support.hl7_data import escape, hl7_row_order, render_lab_hl7
+from tests.support.lab_expectations import BAD_ROW_REASONS
 
 FMT = Hl7v2FormatConfig()
 FILE_DATE = date(2026, 11, 20)

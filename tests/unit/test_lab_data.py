@@ -12,7 +12,6 @@ import pytest
 
 from batchbridge.config import FormatConfig
 from batchbridge.demo.lab_data import (
-    BAD_ROW_REASONS,
     LAB_COLUMNS,
     expected_quarantined,
     generate_lab_rows,
@@ -23,6 +22,7 @@ from batchbridge.validations.base import REASONS_COLUMN, ROW_COLUMN, ValidationC
 from batchbridge.validations.checks import npi_digits_valid
 from batchbridge.validations.readers.delimited import read_delimited
 from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from tests.support.lab_expectations import BAD_ROW_REASONS
 
 FILE_DATE = date(2024, 3, 11)  # the day after Chicago springs forward
 CTX = ValidationContext(

@@ -13,7 +13,6 @@ import pytest
 from pandera.config import ValidationDepth, config_context
 
 from batchbridge.demo.lab_data import (
-    BAD_ROW_REASONS,
     expected_quarantined,
     generate_lab_rows,
     mapping_frame,
@@ -35,6 +34,7 @@ from batchbridge.validations.schemas.lab_results import (
     pseudonymize,
     reason_names,
 )
+from tests.support.lab_expectations import BAD_ROW_REASONS
 
 FILE_DATE = date(2024, 11, 4)
 TZ = "America/Chicago"

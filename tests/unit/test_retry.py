@@ -64,3 +64,21 @@ def test_retry_after_is_honoured_up_to_its_cap() -> None:
         sleep=slept.append,
     )
     assert result == "ok" and slept == [7.0, 60.0]
+
+
+def test_giving_up_keeps_class_and_reason_of_errors_with_other_constructors() -> None:
+    class _NoReason(TransientTargetError):
+        def __init__(self, message: str) -> None:
+            super().__init__(message, reason="target_busy")
+
+    def busy() -> int:
+        raise _NoReason("target t: HTTP 503")
+
+    with pytest.raises(_NoReason, match=r"gave up after 2 attempts") as caught:
+        call_with_retries(
+            busy,
+            policy=RetryPolicy(max_attempts=2, initial_wait=0.0),
+            transient=TransientTargetError,
+            sleep=lambda _: None,
+        )
+    assert caught.value.reason == "target_busy"

@@ -1,4 +1,8 @@
-"""SqliteTarget (the embedded default) and the target registry: same semantics as PostgreSQL."""
+"""SqliteTarget specifics (WAL, the file, types, locks) and the target registry.
+
+What SQLite shares with every target, and with PostgreSQL, is proven by
+tests/integration/test_target_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -86,108 +90,15 @@ def fetch(path: Path, query: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def test_first_load_inserts_every_row(target: SqliteTarget, db_path: Path) -> None:
-    result = target.load(request(lab_rows(3)))
+def test_the_database_file_is_in_wal_mode(target: SqliteTarget, db_path: Path) -> None:
+    target.load(request(lab_rows(3)))
 
-    assert (result.rows_inserted, result.rows_updated, result.rows_unchanged) == (3, 0, 0)
-    assert (result.rows_rejected, result.rows_confirmed) == (0, 3)
-    assert target.count_rows("acme_lab") == 3
-    assert target.rows_for_load("load-1") == 3
     assert fetch(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
-def test_same_request_again_changes_nothing(target: SqliteTarget, db_path: Path) -> None:
-    rows = lab_rows(3)
-    target.load(request(rows))
-    before = fetch(db_path, "SELECT * FROM lab_result ORDER BY record_id")
-
-    again = target.load(request(rows, load_id="load-2"))
-
-    assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, 3)
-    assert again.rows_confirmed == 3
-    assert fetch(db_path, "SELECT * FROM lab_result ORDER BY record_id") == before
-    assert target.rows_for_load("load-2") == 0
-
-
-def test_corrected_result_updates_only_that_row(target: SqliteTarget, db_path: Path) -> None:
-    rows = lab_rows(3)
-    target.load(request(rows))
-    corrected = rows.with_columns(
-        result_status=pl.when(pl.col("record_id") == "R0002")
-        .then(pl.lit("C"))
-        .otherwise(pl.lit("F")),
-        result_value_numeric=pl.when(pl.col("record_id") == "R0002")
-        .then(pl.lit(77.5))
-        .otherwise(pl.col("result_value_numeric")),
-    )
-
-    result = target.load(request(corrected, load_id="load-2", file_id="file-2"))
-
-    assert (result.rows_inserted, result.rows_updated, result.rows_unchanged) == (0, 1, 2)
-    assert result.rows_confirmed == 3
-    assert fetch(
-        db_path,
-        "SELECT record_id, result_status, result_value_numeric, load_id, file_id "
-        "FROM lab_result ORDER BY record_id",
-    ) == [
-        ("R0001", "F", 90.25, "load-1", "file-1"),
-        ("R0002", "C", 77.5, "load-2", "file-2"),
-        ("R0003", "F", 92.25, "load-1", "file-1"),
-    ]
-
-
-def test_a_value_becoming_null_is_a_change(target: SqliteTarget) -> None:
-    rows = lab_rows(2)
-    target.load(request(rows))
-    blanked = rows.with_columns(
-        result_value_numeric=pl.when(pl.col("record_id") == "R0001")
-        .then(pl.lit(None, dtype=pl.Float64))
-        .otherwise(pl.col("result_value_numeric"))
-    )
-
-    result = target.load(request(blanked, load_id="load-2"))
-
-    assert (result.rows_updated, result.rows_unchanged) == (1, 1)
-
-
-def test_new_and_changed_rows_in_one_load(target: SqliteTarget) -> None:
-    target.load(request(lab_rows(2)))
-    bigger = lab_rows(4).with_columns(
-        result_status=pl.when(pl.col("record_id") == "R0001")
-        .then(pl.lit("C"))
-        .otherwise(pl.lit("F"))
-    )
-
-    result = target.load(request(bigger, load_id="load-2"))
-
-    assert (result.rows_inserted, result.rows_updated, result.rows_unchanged) == (2, 1, 1)
-    assert target.count_keys_present("acme_lab", bigger.select(KEY)) == 4
-    assert target.count_keys_present("other_tenant", bigger.select(KEY)) == 0
-
-
-def test_tenants_do_not_collide(target: SqliteTarget) -> None:
-    rows = lab_rows(2)
-    target.load(request(rows))
-    other = LoadRequest("other_lab", KEY, "load-9", "file-9", rows)
-
-    result = target.load(other)
-
-    assert (result.rows_inserted, result.rows_confirmed) == (2, 2)
-    assert target.count_rows("acme_lab") == target.count_rows("other_lab") == 2
-
-
-def test_columns_not_configured_never_reach_the_table(target: SqliteTarget, db_path: Path) -> None:
+def test_columns_not_configured_never_reach_the_file(target: SqliteTarget, db_path: Path) -> None:
     target.load(request(lab_rows(2)))
 
-    assert target.table_columns() == [
-        "tenant",
-        "record_id",
-        *COLUMNS,
-        "load_id",
-        "file_id",
-        "source_row",
-        "loaded_at",
-    ]
     assert SENSITIVE.encode() not in db_path.read_bytes()
     wal = db_path.with_name(db_path.name + "-wal")
     assert not wal.exists() or SENSITIVE.encode() not in wal.read_bytes()
@@ -211,23 +122,6 @@ def test_utc_datetimes_are_iso_text_and_round_trip(target: SqliteTarget, db_path
     back = pl.Series([text]).str.to_datetime(time_unit="us", time_zone="UTC")
     assert back.dtype == pl.Datetime("us", "UTC")
     assert back.to_list() == [instant]
-
-
-def test_duplicate_keys_in_one_request_are_refused(target: SqliteTarget) -> None:
-    rows = pl.concat([lab_rows(2), lab_rows(1)])
-
-    with pytest.raises(TargetError, match="2 rows share a natural key") as caught:
-        target.load(request(rows))
-
-    assert "R0001" not in str(caught.value)
-    assert target.count_rows("acme_lab") == 0
-
-
-def test_empty_natural_key_is_refused(target: SqliteTarget) -> None:
-    rows = lab_rows(2).with_columns(record_id=pl.lit(None, dtype=pl.String))
-
-    with pytest.raises(TargetError, match="2 rows have an empty natural key"):
-        target.load(request(rows))
 
 
 def test_naive_datetimes_are_refused(target: SqliteTarget) -> None:
@@ -271,17 +165,6 @@ def test_constraint_violation_rolls_back_and_hides_values(
     assert target.load(request(lab_rows(1))).rows_inserted == 1
 
 
-def test_table_missing_a_configured_column_is_refused(db_path: Path) -> None:
-    with SqliteTarget("warehouse", db_path, "lab_result", COLUMNS) as narrow:
-        narrow.load(request(lab_rows(1)))
-    rows = lab_rows(1).with_columns(result_unit=pl.lit("mg/dL"))
-    with (
-        SqliteTarget("warehouse", db_path, "lab_result", [*COLUMNS, "result_unit"]) as wide,
-        pytest.raises(TargetError, match=r"lacks columns \['result_unit'\]"),
-    ):
-        wide.load(request(rows))
-
-
 def test_locked_database_is_transient(db_path: Path) -> None:
     with SqliteTarget("warehouse", db_path, "lab_result", COLUMNS) as t:
         t.load(request(lab_rows(1)))
@@ -301,20 +184,6 @@ def test_locked_database_is_transient(db_path: Path) -> None:
 def test_reserved_column_names_are_a_config_error(db_path: Path) -> None:
     with pytest.raises(ConfigError, match="reserved"):
         SqliteTarget("warehouse", db_path, "lab_result", [*COLUMNS, "load_id"])
-
-
-def test_counts_on_a_missing_table_are_zero(target: SqliteTarget) -> None:
-    assert target.count_rows("acme_lab") == 0
-    assert target.rows_for_load("load-1") == 0
-    assert target.table_columns() == []
-    assert target.count_keys_present("acme_lab", lab_rows(2).select(KEY)) == 0
-
-
-def test_empty_request_creates_the_table(target: SqliteTarget) -> None:
-    result = target.load(request(lab_rows(0)))
-
-    assert (result.rows_inserted, result.rows_confirmed) == (0, 0)
-    assert "loaded_at" in target.table_columns()
 
 
 # -- registry ---------------------------------------------------------------------------

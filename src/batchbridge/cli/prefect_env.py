@@ -8,7 +8,6 @@ Nothing here imports Prefect at module level: commands that run no flow must sta
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import ssl
@@ -16,13 +15,21 @@ import sys
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from batchbridge.cli.output import note
+
+# Re-exported: server.py and the tests import the state file's names from here too.
+from batchbridge.cli.prefect_server_state import LocalServer as LocalServer
+from batchbridge.cli.prefect_server_state import find_local_server as find_local_server
+from batchbridge.cli.prefect_server_state import process_group_alive as process_group_alive
+from batchbridge.cli.prefect_server_state import read_local_server as read_local_server
+from batchbridge.cli.prefect_server_state import remove_local_server as remove_local_server
+from batchbridge.cli.prefect_server_state import state_path as state_path
+from batchbridge.cli.prefect_server_state import write_local_server as write_local_server
 from batchbridge.config.settings import DEFAULT_VAR_DIR
 from batchbridge.errors import OrchestratorError
 
@@ -35,7 +42,6 @@ DEFAULT_STARTUP_TIMEOUT_SECONDS = 180
 the first start on a slow 2-core machine, which migrates Prefect's database)."""
 
 HEALTH_TIMEOUT_SECONDS = 5.0
-STATE_FILE_NAME = "batchbridge-server.json"
 TERMINAL_HANDLER = f"{__name__}.TerminalLogHandler"
 
 # Prefect's logging.yml may be overridden key by key from the environment
@@ -140,87 +146,6 @@ class TerminalLogHandler(logging.Handler):
 
     def flush(self) -> None:
         self.prefect_handler.flush()
-
-
-@dataclass(frozen=True)
-class LocalServer:
-    """A Prefect server started by `batchbridge server start`, as its state file records it."""
-
-    pid: int
-    port: int
-    api_url: str
-    log_path: str
-    started_at: str
-
-    @property
-    def ui_url(self) -> str:
-        """The Prefect UI's address (the API is under /api)."""
-        return self.api_url.removesuffix("/api")
-
-
-def state_path(home: Path) -> Path:
-    """Where `batchbridge server start` records the server it started."""
-    return home / STATE_FILE_NAME
-
-
-def write_local_server(home: Path, server: LocalServer) -> None:
-    """Record a started server (atomically: a reader never sees half a file)."""
-    path = state_path(home)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(asdict(server), indent=2) + "\n", encoding="utf-8")
-    partial.chmod(0o600)
-    partial.replace(path)
-
-
-def remove_local_server(home: Path) -> None:
-    """Forget the recorded server."""
-    state_path(home).unlink(missing_ok=True)
-
-
-def read_local_server(home: Path) -> LocalServer | None:
-    """The recorded server, or None when there is no record (or an unreadable one)."""
-    try:
-        data = json.loads(state_path(home).read_text(encoding="utf-8"))
-        return LocalServer(
-            pid=int(data["pid"]),
-            port=int(data["port"]),
-            api_url=str(data["api_url"]),
-            log_path=str(data["log_path"]),
-            started_at=str(data["started_at"]),
-        )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        remove_local_server(home)  # half-written or hand-edited: as good as no server
-        return None
-
-
-def process_group_alive(pid: int) -> bool:
-    """Whether `pid` is alive and still leads its own process group, as our server does.
-
-    A pid reused by an unrelated process is (almost always) not a group leader; one of
-    another user cannot be signalled: both count as gone. A zombie counts as gone.
-    """
-    try:
-        os.kill(pid, 0)
-        if os.getpgid(pid) != pid:
-            return False
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return True  # no /proc (macOS): signal 0 is all we can know
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def find_local_server(home: Path) -> LocalServer | None:
-    """The recorded server if its process is alive; a stale record is removed."""
-    server = read_local_server(home)
-    if server is not None and not process_group_alive(server.pid):
-        remove_local_server(home)
-        return None
-    return server
 
 
 def without_credentials(url: str) -> str:

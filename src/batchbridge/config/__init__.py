@@ -1,8 +1,10 @@
-"""Feed configuration: strict models of a partner feed YAML, its loader, secret references.
+"""Configuration: strict models of a partner feed YAML, its loader, secret references.
 
-Everything here is pure (pydantic, YAML, cronsim): it may import only `batchbridge.errors`.
-A feed YAML's unknown keys are errors; secrets are references, resolved elsewhere at
-the point of use.
+feed, sections and loader read a feed YAML (unknown keys are errors); secret_refs
+parses secret references, resolved elsewhere at the point of use; settings reads the
+process-wide BATCHBRIDGE_* environment; stewards reads the stewards directory
+(stewards.yaml). Everything here is pure (pydantic, YAML, cronsim): it may import only
+errors, crashpoints and progress, the floor below every room.
 """
 
 from batchbridge.config.feed import FeedConfig, LoadedFeed, ScheduleConfig

@@ -54,17 +54,25 @@ def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     return wait
 
 
-def _log_retry(policy: RetryPolicy, log: logging.Logger) -> Callable[[RetryCallState], None]:
+RetryNote = Callable[[BaseException | None, int, int, float], str]
+"""(error, attempt, max attempts, wait) -> the warning logged before a retry."""
+
+GiveUp = Callable[[BaseException, int], BaseException]
+"""(last error, attempts) -> the error raised once retrying stops."""
+
+
+def retry_note(error: BaseException | None, attempt: int, attempts: int, wait: float) -> str:
+    """The usual retry warning: the error's PHI-free text, the attempt, the wait."""
+    return f"{error}; attempt {attempt} of {attempts}, retrying in {wait:.2f}s"
+
+
+def _log_retry(
+    policy: RetryPolicy, log: logging.Logger, note: RetryNote
+) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         wait = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning(
-            "%s; attempt %d of %d, retrying in %.2fs",
-            exc,
-            state.attempt_number,
-            policy.max_attempts,
-            wait,
-        )
+        log.warning("%s", note(exc, state.attempt_number, policy.max_attempts, wait))
 
     return before_sleep
 
@@ -76,32 +84,41 @@ def call_with_retries(
     transient: type[BaseException] | tuple[type[BaseException], ...],
     log: logging.Logger = logger,
     sleep: Callable[[float], None] = time.sleep,
+    note: RetryNote = retry_note,
+    give_up: GiveUp | None = None,
 ) -> T:
     """Run `operation`, retrying `transient` errors per `policy`; others pass straight out.
 
     After the last attempt the last transient error is raised again, as its own class,
-    with "(gave up after N attempts)" added to its message.
+    with "(gave up after N attempts)" added to its message; `note` and `give_up` let a
+    connector keep the wording its operators know.
     """
     retrying = Retrying(
         stop=stop_after_attempt(policy.max_attempts),
         wait=_wait(policy),
         retry=retry_if_exception_type(transient),
-        before_sleep=_log_retry(policy, log),
+        before_sleep=_log_retry(policy, log, note),
         sleep=sleep,
         reraise=True,
     )
     try:
         return retrying(operation)
     except transient as exc:
-        raise gave_up(exc, policy.max_attempts) from None
+        raise (give_up or gave_up)(exc, policy.max_attempts) from None
 
 
 def gave_up(exc: BaseException, attempts: int) -> BaseException:
     """The same kind of error, saying that retrying stopped (keeps a `reason`, if any)."""
     message = f"{exc} (gave up after {attempts} attempts)"
     if isinstance(exc, BatchbridgeError):
-        return type(exc)(message, reason=exc.reason)
+        try:
+            return type(exc)(message, reason=exc.reason)
+        except TypeError:  # a subclass whose constructor takes no `reason`
+            pass
     try:
-        return type(exc)(message)
+        again = type(exc)(message)
     except TypeError:  # an exception class with another constructor: keep it as it is
         return exc
+    if isinstance(exc, BatchbridgeError) and isinstance(again, BatchbridgeError):
+        again.reason = exc.reason
+    return again

@@ -15,9 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
+from batchbridge.connectors.retry import RetryPolicy, call_with_retries
 from batchbridge.errors import AlertDeliveryError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -45,8 +44,11 @@ class TransientWebhookError(AlertDeliveryError):
 
     reason = "alert_webhook_transient"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        # Read by the retry layer: the wait a 429/503 asked for, instead of the backoff.
         self.retry_after = retry_after
 
 
@@ -152,14 +154,13 @@ class WebhookClient:
             raise ConfigError("alert webhook: max_attempts must be at least 1")
         self._url = check_webhook_url(url.get_secret_value())
         _register_secret_url(self._url)
-        self.max_attempts = max_attempts
-        self.initial_wait = initial_wait
-        self.max_wait = max_wait
-        self.max_retry_after = max_retry_after
-        self._sleep = sleep
-        self._backoff = wait_exponential_jitter(
-            multiplier=initial_wait, max=max_wait, jitter=initial_wait
+        self.policy = RetryPolicy(
+            max_attempts=max_attempts,
+            initial_wait=initial_wait,
+            max_wait=max_wait,
+            max_retry_after=max_retry_after,
         )
+        self._sleep = sleep
         self._client = httpx.Client(
             timeout=timeout_seconds,
             verify=verify,
@@ -189,22 +190,18 @@ class WebhookClient:
 
     def post(self, payload: Mapping[str, Any]) -> int:
         """Send `payload` as JSON; return the 2xx status, or raise AlertDeliveryError."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(TransientWebhookError),
-            before_sleep=self._log_retry,
-            sleep=self._sleep,
-            reraise=True,
-        )
         try:
-            status: int = retrying(self._attempt, payload)
+            return call_with_retries(
+                lambda: self._attempt(payload),
+                policy=self.policy,
+                transient=TransientWebhookError,
+                log=logger,
+                sleep=self._sleep,
+            )
         except TransientWebhookError as exc:
-            raise AlertDeliveryError(
-                f"{exc} (gave up after {self.max_attempts} attempts)",
-                reason="alert_webhook_unavailable",
-            ) from None
-        return status
+            # Still failing after the last attempt: the webhook is down, which tells
+            # alert delivery to skip the rest of this run's alerts.
+            raise AlertDeliveryError(str(exc), reason="alert_webhook_unavailable") from None
 
     def _attempt(self, payload: Mapping[str, Any]) -> int:
         try:
@@ -225,20 +222,3 @@ class WebhookClient:
         body = response.text.strip()
         detail = f" ({body})" if _SLACK_ERROR_CODE.match(body) else ""
         raise AlertDeliveryError(f"{where}{detail}; not retried", reason="alert_webhook_refused")
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(exc, TransientWebhookError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.max_retry_after)
-        return float(self._backoff(state))
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else 0.0
-        logger.warning(
-            "%s; attempt %d of %d, retrying in %.2fs",
-            exc,
-            state.attempt_number,
-            self.max_attempts,
-            wait,
-        )

@@ -1,6 +1,8 @@
-"""Only what `batchbridge demo` needs: an embedded SFTP server, key helpers, synthetic lab
-data, gpg-made partner files and the feed scenario wiring them together.
+"""Only what `batchbridge demo` needs; synthetic data only (made-up patients).
 
-Synthetic data only (made-up patients). May import config, connectors, validations,
-ledger and errors; never flows, tasks or the CLI. The test servers live in tests/support.
+An embedded SFTP server, key helpers, synthetic lab data (its catalogue of tests and
+names, and the bad rows it plants), gpg-made partner files, the demo's work folder and
+the feed scenario wiring them together. May import config, connectors, validations,
+ledger and errors; never flows, tasks or the CLI, nor another service room (steward,
+monitoring, onboarding, deploy), nor tests. What only tests use lives in tests/support.
 """

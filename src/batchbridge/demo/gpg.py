@@ -13,6 +13,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from batchbridge.connectors.pgp.home import FAST_S2K, gpgconf_for, stop_gpg_agent
+
 CompressAlgo = Literal["zlib", "zip", "bzip2", "none"]
 KeyAlgo = Literal["ed25519", "rsa3072", "rsa2048"]
 
@@ -43,10 +45,9 @@ class GpgKeyring:
         self.home.chmod(0o700)
         agent_conf = self.home / "gpg-agent.conf"
         if not agent_conf.exists():
-            # The agent calibrates passphrase hashing to ~100 ms of CPU, which took seconds per
-            # protected key on a busy CI box; test keys need no such strength (65536 is the
-            # smallest count the agent accepts).
-            agent_conf.write_text("s2k-count 65536\n", encoding="ascii")
+            # Test keys need no costly re-protection (see FAST_S2K); unlike a throwaway
+            # home, this one lives on, so the agent may cache passphrases.
+            agent_conf.write_text(FAST_S2K, encoding="ascii")
 
     def __enter__(self) -> GpgKeyring:
         return self
@@ -64,16 +65,7 @@ class GpgKeyring:
 
         gpg starts a new agent if the keyring is used again: close again after that.
         """
-        gpgconf = _gpgconf_for(self.gpg_binary)
-        if gpgconf is not None:
-            subprocess.run(
-                [gpgconf, "--homedir", str(self.home), "--kill", "gpg-agent"],
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
+        stop_gpg_agent(self.home, gpgconf_for(self.gpg_binary))
 
     # -- keys -------------------------------------------------------------------------
 
@@ -265,15 +257,6 @@ def _redacted(cmd: list[str]) -> list[str]:
         "***" if before == "--passphrase" else arg
         for before, arg in zip(previous, cmd, strict=True)
     ]
-
-
-def _gpgconf_for(gpg_binary: str) -> str | None:
-    """gpgconf that belongs to `gpg_binary` (same folder when a path was given)."""
-    if os.sep in gpg_binary:
-        sibling = Path(gpg_binary).with_name("gpgconf")
-        if sibling.exists():
-            return str(sibling)
-    return shutil.which("gpgconf")
 
 
 def flip_bit(src: Path, dst: Path, *, at_fraction: float = 0.5) -> Path:

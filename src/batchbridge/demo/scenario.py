@@ -1,7 +1,9 @@
 """A complete lab_results feed on this machine: keys, secrets, YAML, partner files on SFTP.
 
 Shared by `batchbridge demo`, the end-to-end tests and the benchmark, so all three
-exercise the same configuration a partner onboarding would produce.
+exercise the same configuration a partner onboarding would produce. What only the
+tests and the benchmark use (PostgreSQL targets, shipped feeds) is in
+tests/support/feed_scenarios.py.
 """
 
 from __future__ import annotations
@@ -224,69 +226,12 @@ def reopen_lab_scenario(root: Path, endpoint: SftpEndpoint) -> LabFeedScenario:
     )
 
 
-def build_shipped_feed_scenario(
-    root: Path,
-    endpoint: SftpEndpoint,
-    shipped: Path,
-    *,
-    targets: list[dict[str, Any]],
-    engine: str = "gnupg",
-    contract: dict[str, Any] | None = None,
-) -> LabFeedScenario:
-    """A shipped feed YAML (e.g. deployments/feeds/patient_roster.yaml) on this machine.
-
-    Everything that describes the partner's data is taken from the shipped file as is
-    (tenant, schema, format, mappings, snapshot rule, contract, time zone); only where
-    the partner is (SFTP endpoint, keys, secrets) and the targets are replaced by local
-    ones, with a key pair of its own.
-    """
-    built = build_lab_scenario(root, endpoint, targets=targets, engine=engine)
-    generated = yaml.safe_load(built.feed_path.read_text(encoding="utf-8"))
-    feed = yaml.safe_load(shipped.read_text(encoding="utf-8"))
-    mappings: dict[str, str] = {}
-    for name, relative in feed.get("mappings", {}).items():
-        source = (shipped.parent / relative).resolve()
-        copy = root / "mappings" / source.name
-        copy.write_bytes(source.read_bytes())
-        mappings[name] = f"../mappings/{source.name}"
-    glob = feed["source"]["glob"]
-    feed["source"] = {**generated["source"], "glob": glob}
-    feed["pgp"] = {**generated["pgp"], "engine": engine}
-    feed["mappings"] = mappings
-    for secret in ("pseudonym_key", "quarantine_key"):
-        feed[secret] = generated[secret]
-    feed["targets"] = targets
-    feed.pop("alerts", None)
-    if contract is not None:
-        feed["contract"] = contract
-    built.feed_path.unlink()
-    (built.config_dir / f"{feed['feed']}.yaml").write_text(
-        f"# Generated from {shipped.name} by batchbridge.demo.scenario.\n"
-        + yaml.safe_dump(feed, sort_keys=False),
-        encoding="utf-8",
-    )
-    built.feed = feed["feed"]
-    built.tenant = feed["tenant"]
-    return built
-
-
 def sqlite_target(path: Path, columns: list[str] | None = None) -> dict[str, Any]:
     """Feed YAML for the embedded SQLite warehouse target."""
     return {
         "name": "warehouse",
         "kind": "sqlite",
         "path": str(path),
-        "table": "lab_result",
-        "columns": columns or LAB_TARGET_COLUMNS,
-    }
-
-
-def postgres_target(url_env: str, columns: list[str] | None = None) -> dict[str, Any]:
-    """Feed YAML for a PostgreSQL warehouse whose URL is in environment variable `url_env`."""
-    return {
-        "name": "warehouse",
-        "kind": "postgres",
-        "url": f"env:{url_env}",
         "table": "lab_result",
         "columns": columns or LAB_TARGET_COLUMNS,
     }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchbridge.monitoring.health_checks import FeedHealth
+from batchbridge.monitoring.health_model import FeedHealth
 
 STATUS_WORD = {"ok": "ok", "warning": "WARNING", "error": "FAILED", "skipped": "skipped"}
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, time
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from batchbridge.config import ContractWindow, FileContractConfig
-from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.errors import ContractViolationError
 
 MANIFEST_SUFFIX = ".manifest"
@@ -19,6 +19,19 @@ DONE_SUFFIX = ".done"
 MARKER_MAX_BYTES = 64 * 1024
 """A marker or manifest is a few lines; anything bigger is refused unread."""
 _SHA256_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+\*?(.+)$")
+
+
+class ListedFile(Protocol):
+    """What a source's listing says of a file (connectors.sources.base.RemoteFile is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def mtime(self) -> int: ...
 
 
 def marker_name(contract: FileContractConfig, name: str) -> str | None:
@@ -44,7 +57,7 @@ def in_window(window: ContractWindow, moment: datetime, timezone: str) -> bool:
     return local >= start or local <= end
 
 
-def check_listing(contract: FileContractConfig, remote: RemoteFile, *, timezone: str) -> None:
+def check_listing(contract: FileContractConfig, remote: ListedFile, *, timezone: str) -> None:
     """Name, size and arrival-time clauses, from the listing alone (before download)."""
     if contract.name_pattern is not None and not re.fullmatch(contract.name_pattern, remote.name):
         raise ContractViolationError(

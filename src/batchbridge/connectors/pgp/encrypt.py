@@ -1,6 +1,6 @@
 """Encrypt an outbound extract to the receiver's pinned key(s) and sign it with ours (gpg binary).
 
-Like the decryptor (decryptors/gnupg.py), each call runs gpg in a fresh throwaway GnuPG
+Like the decryptor (gnupg.py), each call runs gpg in a fresh throwaway GnuPG
 home holding only the configured keys: the receiver's public key(s) and, when signing,
 our private key. The plaintext goes in on stdin and the message comes out on stdout,
 so neither touches the disk; the outcome is judged from gpg's --status-fd lines only.
@@ -14,16 +14,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import SecretStr
 
-# The decryptor's private helpers for a gpg environment, shared rather than copied.
-from batchbridge.connectors.pgp.gnupg import gpg_env, gpgconf_for, ram_tmp_dir
+from batchbridge.connectors.pgp.home import (
+    gpg_env,
+    gpgconf_for,
+    import_keys,
+    isolated_gpg_args,
+    throwaway_home,
+)
 from batchbridge.connectors.pgp.status import StatusLine, parse_status
 from batchbridge.errors import ConfigError, TargetError
 
@@ -86,7 +89,7 @@ class GpgEncryptor:
 
         `file_name` goes into the literal packet (what `gpg --use-embedded-filename` writes).
         """
-        with self._temporary_home() as home:
+        with throwaway_home("bbgpg-out-", self._gpgconf) as home:
             recipients = self._import_recipients(home)
             signer = self._import_signing_key(home) if self._keys.signing_key else None
             data, lines, returncode = self._run_encrypt(
@@ -97,53 +100,12 @@ class GpgEncryptor:
             data=data, recipient_fingerprints=tuple(recipients), signer_fingerprint=signer
         )
 
-    # -- the throwaway home -----------------------------------------------------------
-
-    @contextmanager
-    def _temporary_home(self) -> Iterator[Path]:
-        # mkdtemp makes the folder 0700, as gpg wants; RAM-backed where there is one.
-        home = Path(tempfile.mkdtemp(prefix="bbgpg-out-", dir=ram_tmp_dir()))
-        # Minimum re-protection cost and no passphrase cache: see GnuPGDecryptor.
-        (home / "gpg-agent.conf").write_text(
-            "s2k-count 65536\ndefault-cache-ttl 0\nmax-cache-ttl 0\n", encoding="ascii"
-        )
-        try:
-            yield home
-        finally:
-            if self._gpgconf is not None:
-                subprocess.run(
-                    [self._gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
-                    env=gpg_env(home),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    check=False,
-                )
-            shutil.rmtree(home, ignore_errors=True)
-
-    def _base_args(self, home: Path) -> list[str]:
-        return [
-            self._gpg,
-            "--homedir",
-            str(home),
-            "--batch",
-            "--no-tty",
-            "--no-greeting",
-            "--no-permission-warning",
-            "--no-auto-key-retrieve",
-            "--no-auto-key-import",
-            "--disable-dirmngr",
-        ]
+    # -- keys into the throwaway home --------------------------------------------------
 
     def _import(self, home: Path, armored: str) -> list[StatusLine]:
-        proc = subprocess.run(
-            [*self._base_args(home), "--status-fd", "1", "--import"],
-            input=armored.encode("utf-8"),
-            capture_output=True,
-            env=gpg_env(home),
-            check=False,
-        )
-        return [line for line in parse_status(proc.stdout) if line.keyword == "IMPORT_OK"]
+        return [
+            line for line in import_keys(self._gpg, home, armored) if line.keyword == "IMPORT_OK"
+        ]
 
     def _import_recipients(self, home: Path) -> list[str]:
         fingerprints: list[str] = []
@@ -186,7 +148,7 @@ class GpgEncryptor:
         signer: str | None,
     ) -> tuple[bytes, list[StatusLine], int]:
         args = [
-            *self._base_args(home),
+            *isolated_gpg_args(self._gpg, home),
             # Status lines go to stderr with gpg's own messages (ignored: only the
             # '[GNUPG:] ' lines are read). Input comes from stdin, so no file name leaks.
             "--status-fd",

@@ -15,10 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from batchbridge import progress
@@ -26,6 +23,13 @@ from batchbridge.connectors.pgp.base import (
     DecryptorKeys,
     DecryptorLimits,
     VerifiedPlaintext,
+)
+from batchbridge.connectors.pgp.home import (
+    gpg_env,
+    gpgconf_for,
+    import_keys,
+    isolated_gpg_args,
+    throwaway_home,
 )
 from batchbridge.connectors.pgp.packets import file_looks_truncated
 from batchbridge.connectors.pgp.status import StatusLine, evaluate, parse_status
@@ -77,7 +81,7 @@ class GnuPGDecryptor:
     def decrypt_and_verify(self, path: Path) -> VerifiedPlaintext:
         """Decrypt `path`; require an MDC and a valid signature by a pinned partner key."""
         ciphertext_size = path.stat().st_size
-        with self._temporary_home() as home:
+        with throwaway_home("bbgpg-", self._gpgconf) as home:
             pinned = self._import_partner_keys(home)
             self._import_private_key(home)
             plaintext, lines, returncode = self._run_decrypt(home, path, ciphertext_size)
@@ -96,67 +100,12 @@ class GnuPGDecryptor:
             signed_at=verdict.signed_at,
         )
 
-    # -- the throwaway home -----------------------------------------------------------
-
-    @contextmanager
-    def _temporary_home(self) -> Iterator[Path]:
-        # mkdtemp creates the folder with mode 0700, as gpg wants for a home. A RAM-backed
-        # folder, where there is one, keeps even the (passphrase-protected) key off disk.
-        home = Path(tempfile.mkdtemp(prefix="bbgpg-", dir=ram_tmp_dir()))
-        # gpg-agent re-protects an imported key with a hash count calibrated to ~100 ms of
-        # CPU, paid again on every use: 1-2 s per call on a busy 2-core box. This copy lives
-        # for one call in a private folder next to a process that holds the passphrase
-        # anyway, so the minimum count costs no real protection.
-        # No passphrase caching either: each call must prove it knows the passphrase.
-        (home / "gpg-agent.conf").write_text(
-            "s2k-count 65536\ndefault-cache-ttl 0\nmax-cache-ttl 0\n", encoding="ascii"
-        )
-        try:
-            yield home
-        finally:
-            # gpg starts a gpg-agent for the secret key; stop it so none outlives the call.
-            if self._gpgconf is not None:
-                subprocess.run(
-                    [self._gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
-                    env=gpg_env(home),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    check=False,
-                )
-            shutil.rmtree(home, ignore_errors=True)
-
-    def _base_args(self, home: Path) -> list[str]:
-        return [
-            self._gpg,
-            # Everything (keyring, trustdb, agent socket) lives in the throwaway home, so no
-            # --keyring/--no-default-keyring juggling is needed to keep ~/.gnupg out of it.
-            "--homedir",
-            str(home),
-            "--batch",
-            "--no-tty",
-            "--no-greeting",
-            "--no-permission-warning",
-            # Never fetch or import keys from anywhere: only the pinned ones may verify.
-            "--no-auto-key-retrieve",
-            "--no-auto-key-import",
-            "--disable-dirmngr",
-        ]
-
-    def _import(self, home: Path, armored: str) -> list[StatusLine]:
-        proc = subprocess.run(
-            [*self._base_args(home), "--status-fd", "1", "--import"],
-            input=armored.encode("utf-8"),
-            capture_output=True,
-            env=gpg_env(home),
-            check=False,
-        )
-        return parse_status(proc.stdout)
+    # -- keys into the throwaway home --------------------------------------------------
 
     def _import_partner_keys(self, home: Path) -> set[str]:
         pinned: set[str] = set()
         for index, armored in enumerate(self._keys.partner_public_keys):
-            lines = self._import(home, armored)
+            lines = import_keys(self._gpg, home, armored)
             imported = [
                 line for line in lines if line.keyword == "IMPORT_OK" and len(line.args) >= 2
             ]
@@ -171,7 +120,7 @@ class GnuPGDecryptor:
         return pinned
 
     def _import_private_key(self, home: Path) -> None:
-        lines = self._import(home, self._keys.private_key.get_secret_value())
+        lines = import_keys(self._gpg, home, self._keys.private_key.get_secret_value())
         # IMPORT_OK flag 16 = "contains private key" (DETAILS, IMPORT_OK).
         if not any(
             line.keyword == "IMPORT_OK" and line.args and int(line.args[0]) & 16 for line in lines
@@ -187,7 +136,7 @@ class GnuPGDecryptor:
         status_read, status_write = os.pipe()
         pass_fds = [status_write]
         args = [
-            *self._base_args(home),
+            *isolated_gpg_args(self._gpg, home),
             "--status-fd",
             str(status_write),
             # Our key's passphrase comes from us, never from a pinentry dialog.
@@ -284,26 +233,3 @@ def _drain(fd: int, sink: list[bytes]) -> None:
             if not chunk:
                 return
             sink.append(chunk)
-
-
-def ram_tmp_dir() -> str | None:
-    """The RAM-backed shared-memory folder when usable (Linux), else the default temp folder."""
-    shm = "/dev/shm"  # noqa: S108 - a private mkdtemp folder inside it, mode 0700
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
-
-
-def gpg_env(home: Path) -> dict[str, str]:
-    """The environment for a gpg child using `home`, without the caller's GPG_* settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GPG_")}
-    env["GNUPGHOME"] = str(home)
-    # Status lines are language-independent, but keep gpg's own output predictable.
-    env["LC_ALL"] = "C"
-    return env
-
-
-def gpgconf_for(gpg_path: str) -> str | None:
-    """gpgconf from the same installation as gpg (used to stop the per-call agent)."""
-    sibling = Path(gpg_path).with_name("gpgconf")
-    if sibling.exists():
-        return str(sibling)
-    return shutil.which("gpgconf")

@@ -17,9 +17,8 @@ from batchbridge.connectors.sources.names import check_remote_name
 from batchbridge.connectors.sources.stability import (
     Listing,
     ListingEntry,
-    log_skipped,
+    list_stable_files,
     scan_listing,
-    stable_entries,
 )
 from batchbridge.connectors.sources.staging import StagedFile, prepare_staging_dir
 from batchbridge.errors import SourceError, UnsafeRemoteNameError
@@ -53,28 +52,15 @@ class LocalDirSource:
 
     def list_ready(self) -> list[RemoteFile]:
         """Matching regular files whose size and mtime held across two listings, old enough."""
-        first = self._scan()
-        log_skipped(logger, first.skipped, str(self.path))
-        if not first.candidates:
-            logger.info("0 files ready in %s", self.path)
-            return []
-        if self.config.stable_seconds > 0:
-            self._sleep(self.config.stable_seconds)
-        second = self._scan()
-        ready = stable_entries(
-            first.candidates,
-            second.candidates,
-            now=self._clock(),
+        return list_stable_files(
+            self._scan,
+            where=str(self.path),
+            stable_seconds=self.config.stable_seconds,
             min_age_seconds=self.config.min_age_seconds,
+            clock=self._clock,
+            sleep=self._sleep,
+            log=logger,
         )
-        logger.info(
-            "%d files ready in %s (%d matching, %d refused)",
-            len(ready),
-            self.path,
-            len(second.candidates),
-            len(first.skipped),
-        )
-        return ready
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
         """Copy `remote` into `staging_dir` (0700) as a 0600 file; refuse links; verify size."""

@@ -6,23 +6,12 @@ import logging
 import posixpath
 import socket
 import stat
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TypeVar
 
 import paramiko
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from batchbridge import progress
 from batchbridge.config import SftpSourceConfig
@@ -32,21 +21,13 @@ from batchbridge.connectors.sources.stability import (
     Listing,
     ListingEntry,
     entry_problem,
-    log_skipped,
+    list_stable_files,
     scan_listing,
-    stable_entries,
 )
 from batchbridge.connectors.sources.staging import StagedFile, prepare_staging_dir
-from batchbridge.connectors.ssh.connect import (
-    SftpSession,
-    brief,
-    classify_ssh_failure,
-    listdir_attr,
-    load_client_key,
-    open_sftp_session,
-    prefetch_quietly,
-)
-from batchbridge.connectors.ssh.host_keys import describe_key, parse_host_keys
+from batchbridge.connectors.ssh.connect import SshFailure, brief, listdir_attr, prefetch_quietly
+from batchbridge.connectors.ssh.host_keys import parse_host_keys
+from batchbridge.connectors.ssh.session import OverSshSession, SshSession
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import (
     BatchbridgeError,
@@ -58,7 +39,6 @@ from batchbridge.errors import (
 )
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # paramiko logs a refused key exchange as an ERROR traceback from its thread; a host key
 # probe raises that refusal as our own error, so its transport logs to a quiet channel.
@@ -67,7 +47,6 @@ logging.getLogger(_PROBE_LOG_CHANNEL).setLevel(logging.CRITICAL)
 
 # Same chunk size as paramiko's getfo(); prefetch keeps the pipe full either way.
 _CHUNK = 32768
-_MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +62,7 @@ class SftpProbe:
     error: BatchbridgeError | None = None
 
 
-class SftpSource:
+class SftpSource(OverSshSession):
     """The Source protocol over SFTP (paramiko). Connects lazily; use `close()` or `with`.
 
     Only the pinned host keys are accepted, only the configured private key is offered (no
@@ -103,50 +82,40 @@ class SftpSource:
         backoff_seconds: float = 1.0,
     ) -> None:
         self.config = config
-        self.where = f"{config.host}:{config.port}"
-        self._base_dir = base_dir
-        self._pinned = parse_host_keys(config.host_keys)
+        self._session = SshSession(
+            config,
+            pinned=parse_host_keys(config.host_keys),
+            transient=TransientSourceError,
+            map_error=_source_error,
+            base_dir=base_dir,
+            sleep=sleep,
+            backoff_seconds=backoff_seconds,
+            log=logger,
+        )
+        self.where = self._session.where
         self._clock = clock
         self._sleep = sleep
-        self._backoff_seconds = backoff_seconds
-        self._pkey: paramiko.PKey | None = None
-        self._session: SftpSession | None = None
-        self._lock = threading.RLock()
 
     # -- Source protocol -------------------------------------------------------------
 
     def list_ready(self) -> list[RemoteFile]:
         """Matching regular files whose size and mtime held across two listings, old enough."""
         remote_dir = self.config.remote_dir
-        first = self._run(f"list {remote_dir}", self._list_once)
-        log_skipped(logger, first.skipped, f"{self.where}:{remote_dir}")
-        if not first.candidates:
-            logger.info("0 files ready in %s:%s", self.where, remote_dir)
-            return []
-        if self.config.stable_seconds > 0:
-            self._sleep(self.config.stable_seconds)
-        second = self._run(f"list {remote_dir}", self._list_once)
-        ready = stable_entries(
-            first.candidates,
-            second.candidates,
-            now=self._clock(),
+        return list_stable_files(
+            lambda: self._session.run(f"list {remote_dir}", self._list_once),
+            where=f"{self.where}:{remote_dir}",
+            stable_seconds=self.config.stable_seconds,
             min_age_seconds=self.config.min_age_seconds,
+            clock=self._clock,
+            sleep=self._sleep,
+            log=logger,
         )
-        logger.info(
-            "%d files ready in %s:%s (%d matching, %d refused)",
-            len(ready),
-            self.where,
-            remote_dir,
-            len(second.candidates),
-            len(first.skipped),
-        )
-        return ready
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
         """Download `remote` with prefetch into `staging_dir` (0700) as 0600; verify size, hash."""
         check_remote_name(remote.name)
         staging = prepare_staging_dir(staging_dir)
-        fetched = self._run(
+        fetched = self._session.run(
             f"fetch {remote.name}", lambda sftp: self._fetch_once(sftp, remote, staging)
         )
         logger.info("fetched %s (%d bytes) from %s", remote.name, fetched.size, self.where)
@@ -169,14 +138,14 @@ class SftpSource:
             with sftp.open(path, "rb") as handle:
                 return bytes(handle.read(max_bytes + 1))[:max_bytes]
 
-        return self._run(f"read marker {name}", read)
+        return self._session.run(f"read marker {name}", read)
 
     def mark_processed(self, remote: RemoteFile) -> None:
         """Move the remote file into `processed_dir` (created if missing); idempotent."""
         if self.config.processed_dir is None:
             return
         check_remote_name(remote.name)
-        self._run(f"move {remote.name}", lambda sftp: self._move_once(sftp, remote))
+        self._session.run(f"move {remote.name}", lambda sftp: self._move_once(sftp, remote))
 
     def probe(self) -> SftpProbe:
         """Connect (pinned host key, key auth) and list `remote_dir` once; download nothing.
@@ -185,32 +154,16 @@ class SftpSource:
         through, so a health check can tell bad credentials from a missing folder.
         """
         try:
-            self._run("connect", lambda sftp: None)
+            self._session.run("connect", lambda sftp: None)
         except BatchbridgeError as exc:
             return SftpProbe(authenticated=False, error=exc)
         try:
-            listing = self._run(f"list {self.config.remote_dir}", self._list_once)
+            listing = self._session.run(f"list {self.config.remote_dir}", self._list_once)
         except BatchbridgeError as exc:
             return SftpProbe(authenticated=True, error=exc)
         return SftpProbe(
             authenticated=True, matching=len(listing.candidates), refused=len(listing.skipped)
         )
-
-    def close(self) -> None:
-        """Close the SFTP session and the SSH connection."""
-        with self._lock:
-            self._disconnect()
-
-    def __enter__(self) -> SftpSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- one attempt of each operation ----------------------------------------------
 
@@ -297,110 +250,18 @@ class SftpSource:
     def _remote_path(self, name: str) -> str:
         return posixpath.join(self.config.remote_dir, name)
 
-    # -- connection, retries, error mapping ----------------------------------------
 
-    def _run(self, action: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
-        retrying = Retrying(
-            stop=stop_after_attempt(self.config.max_attempts),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff_seconds,
-                max=_MAX_BACKOFF_SECONDS,
-                jitter=self._backoff_seconds,
-            ),
-            retry=retry_if_exception_type(TransientSourceError),
-            sleep=self._sleep,
-            before_sleep=self._log_retry(action),
-        )
-        with self._lock:
-            try:
-                return retrying(lambda: self._attempt(action, operation))
-            except RetryError as exc:
-                last = exc.last_attempt.exception()
-                raise TransientSourceError(
-                    f"{action} on {self.where} failed after {self.config.max_attempts} "
-                    f"attempts; last error: {last}"
-                ) from last
-
-    def _attempt(self, action: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
-        try:
-            return operation(self._connect())
-        except Exception as exc:
-            error = self._as_source_error(exc, action)
-            if error is None:
-                raise
-            if isinstance(error, TransientSourceError):
-                self._disconnect()
-            if error is exc:
-                raise
-            raise error from exc
-
-    def _log_retry(self, action: str) -> Callable[[RetryCallState], None]:
-        def log(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
-            logger.warning(
-                "%s on %s: attempt %d of %d failed (%s); reconnecting",
-                action,
-                self.where,
-                state.attempt_number,
-                self.config.max_attempts,
-                error,
-            )
-
-        return log
-
-    def _connect(self) -> paramiko.SFTPClient:
-        if self._session is not None and self._session.is_active():
-            return self._session.sftp
-        self._disconnect()
-        session = open_sftp_session(
-            host=self.config.host,
-            port=self.config.port,
-            username=self.config.username,
-            pkey=self._private_key(),
-            pinned=self._pinned,
-            timeout=self.config.connect_timeout_seconds,
-        )
-        self._session = session
-        logger.info(
-            "connected to %s as %s (host key %s)",
-            self.where,
-            self.config.username,
-            describe_key(session.server_key),
-        )
-        return session.sftp
-
-    def _disconnect(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()
-
-    def _private_key(self) -> paramiko.PKey:
-        if self._pkey is None:
-            self._pkey = load_client_key(
-                self.config.private_key,
-                self.config.private_key_passphrase,
-                base_dir=self._base_dir,
-            )
-        return self._pkey
-
-    def _as_source_error(self, exc: Exception, action: str) -> BatchbridgeError | None:
-        """Map an exception to the error tree; None means 'not ours, re-raise as is'."""
-        if isinstance(exc, BatchbridgeError):
-            return exc
-        failure = classify_ssh_failure(
-            exc,
-            action=action,
-            where=self.where,
-            username=self.config.username,
-            pinned=self._pinned,
-        )
-        if failure is None:
-            return None
-        if failure.kind == "host_key":
-            return HostKeyError(failure.message, reason=failure.reason)
-        if failure.kind == "transient":
-            return TransientSourceError(failure.message, reason=failure.reason)
-        return SourceError(failure.message, reason=failure.reason)
+def _source_error(exc: Exception, failure: SshFailure | None) -> BatchbridgeError | None:
+    """A source's reading of a failure: SSH trouble is a SourceError of the matching kind."""
+    if isinstance(exc, BatchbridgeError):
+        return exc
+    if failure is None:
+        return None
+    if failure.kind == "host_key":
+        return HostKeyError(failure.message, reason=failure.reason)
+    if failure.kind == "transient":
+        return TransientSourceError(failure.message, reason=failure.reason)
+    return SourceError(failure.message, reason=failure.reason)
 
 
 def server_host_key(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -97,3 +97,39 @@ def stable_entries(
         and (min_age_seconds <= 0 or now - remote.mtime >= min_age_seconds)
     ]
     return sorted(ready, key=lambda remote: remote.name)
+
+
+def list_stable_files(
+    scan: Callable[[], Listing],
+    *,
+    where: str,
+    stable_seconds: float,
+    min_age_seconds: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    log: logging.Logger,
+) -> list[RemoteFile]:
+    """List twice, `stable_seconds` apart; keep the files that did not change, old enough.
+
+    A file still being written changes size or mtime between the listings and waits for
+    the next run. Refused entries of the first listing are logged once each.
+    """
+    first = scan()
+    log_skipped(log, first.skipped, where)
+    if not first.candidates:
+        log.info("0 files ready in %s", where)
+        return []
+    if stable_seconds > 0:
+        sleep(stable_seconds)
+    second = scan()
+    ready = stable_entries(
+        first.candidates, second.candidates, now=clock(), min_age_seconds=min_age_seconds
+    )
+    log.info(
+        "%d files ready in %s (%d matching, %d refused)",
+        len(ready),
+        where,
+        len(second.candidates),
+        len(first.skipped),
+    )
+    return ready

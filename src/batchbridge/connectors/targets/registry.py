@@ -5,16 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from batchbridge.config import LoadedFeed, PostgresTargetConfig, SqliteTargetConfig, TargetConfig
+from batchbridge.config import (
+    FhirTargetConfig,
+    LoadedFeed,
+    PostgresTargetConfig,
+    SqliteTargetConfig,
+    TargetConfig,
+)
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import Target
-from batchbridge.connectors.targets.fhir import open_fhir_target
+from batchbridge.connectors.targets.fhir import FhirTarget, build_fhir_target
 from batchbridge.connectors.targets.postgres import PostgresTarget
 from batchbridge.connectors.targets.sftp_out import open_sftp_target
 from batchbridge.connectors.targets.sqlite import SqliteTarget
 from batchbridge.errors import ConfigError
+from batchbridge.validations.base import SupportsFhir
+from batchbridge.validations.registry import get_schema
 
-__all__ = ["TARGET_KINDS", "open_target"]
+__all__ = ["TARGET_KINDS", "open_fhir_target", "open_target"]
 
 
 def _open_postgres(loaded: LoadedFeed, config: PostgresTargetConfig) -> Target:
@@ -36,6 +44,23 @@ def _open_sqlite(loaded: LoadedFeed, config: SqliteTargetConfig) -> Target:
         path=loaded.resolve_path(config.path),
         table=config.table,
         columns=config.columns,
+    )
+
+
+def open_fhir_target(loaded: LoadedFeed, config: FhirTargetConfig) -> FhirTarget:
+    """Build the FHIR target a feed's config describes (its schema must support FHIR).
+
+    The feed's schema is resolved here and handed to the FHIR package as what it
+    needs (a `SupportsFhir` and its natural key), so the target never looks it up.
+    """
+    schema = get_schema(loaded.config.schema_name)
+    if not isinstance(schema, SupportsFhir):
+        raise ConfigError(
+            f"target {config.name}: schema {loaded.config.schema_name!r} cannot express "
+            "its rows as FHIR resources (no fhir_resources)"
+        )
+    return build_fhir_target(
+        config, schema, natural_key=schema.natural_key, base_dir=loaded.base_dir
     )
 
 

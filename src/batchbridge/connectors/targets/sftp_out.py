@@ -3,7 +3,7 @@
 A load renders the request's rows (natural key + configured columns, in source row
 order; the internal row number is not sent) as CSV or Parquet (see extract.py),
 optionally encrypts them to the receiver's key(s) and signs them with ours (binary
-`.pgp`, see pgp_encrypt.py), and delivers the file to `remote_dir`:
+`.pgp`, see connectors/pgp/encrypt.py), and delivers the file to `remote_dir`:
 
 1. Temporary files this target left for the same name (`.<name>.<token>.part`/`.old`,
    from a killed run) are removed. The feed lock keeps two runs of a feed apart.
@@ -33,38 +33,22 @@ import hashlib
 import logging
 import posixpath
 import stat
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import paramiko
 import paramiko.sftp as sftp_codes
 from pydantic import SecretStr
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from batchbridge.config import LoadedFeed, SftpTargetConfig
 from batchbridge.connectors.pgp.encrypt import EncryptionKeys, GpgEncryptor
 from batchbridge.connectors.secrets import resolve_secret
-from batchbridge.connectors.ssh.connect import (
-    ExtendedSftpClient,
-    SftpSession,
-    classify_ssh_failure,
-    load_client_key,
-    open_sftp_session,
-    prefetch_quietly,
-)
-from batchbridge.connectors.ssh.host_keys import describe_key, parse_host_keys
+from batchbridge.connectors.ssh.connect import ExtendedSftpClient, SshFailure, prefetch_quietly
+from batchbridge.connectors.ssh.host_keys import parse_host_keys
+from batchbridge.connectors.ssh.session import OverSshSession, SshSession
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.extract import (
     Outcome,
@@ -86,13 +70,11 @@ from batchbridge.validations.base import ROW_COLUMN
 __all__ = ["SftpTarget", "open_sftp_target"]
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 POSIX_RENAME = "posix-rename@openssh.com"
 FSYNC = "fsync@openssh.com"
 _CHUNK = 32768
 _MAX_SIDECAR_BYTES = 4096
-_MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +88,7 @@ class _Extract:
     rows: int
 
 
-class SftpTarget:
+class SftpTarget(OverSshSession):
     """The Target protocol over SFTP (paramiko): one extract file per source file.
 
     Connects lazily; `close()` ends the connection. Calls are serialized by a lock, so
@@ -130,19 +112,24 @@ class SftpTarget:
         check_name_template(config.file_name, config.name)
         self.name = config.name
         self.config = config
-        self.where = f"{config.host}:{config.port}"
         self.columns = tuple(dict.fromkeys(config.columns))
         if ROW_COLUMN in self.columns:
             raise ConfigError(f"target {config.name}: column {ROW_COLUMN!r} is reserved")
         self._feed = feed
-        self._base_dir = base_dir
         self._encryptor = encryptor
-        self._pinned = parse_host_keys(config.host_keys, field=f"targets[{config.name}].host_keys")
-        self._sleep = sleep
-        self._backoff_seconds = backoff_seconds
-        self._pkey: paramiko.PKey | None = None
-        self._session: SftpSession | None = None
-        self._lock = threading.RLock()
+        self._session = SshSession(
+            config,
+            pinned=parse_host_keys(config.host_keys, field=f"targets[{config.name}].host_keys"),
+            transient=TransientTargetError,
+            map_error=self._target_error,
+            base_dir=base_dir,
+            sleep=sleep,
+            backoff_seconds=backoff_seconds,
+            sftp_class=ExtendedSftpClient,
+            label=f"target {config.name}: ",
+            log=logger,
+        )
+        self.where = self._session.where
 
     def __repr__(self) -> str:
         return f"SftpTarget(name={self.name!r}, where={self.where}:{self.config.remote_dir})"
@@ -152,7 +139,9 @@ class SftpTarget:
     def load(self, request: LoadRequest) -> LoadResult:
         """Deliver the request's rows as one file, or keep the identical file already there."""
         extract = self._extract(request)
-        outcome = self._run(f"deliver {extract.name}", lambda sftp: self._deliver(sftp, extract))
+        outcome = self._session.run(
+            f"deliver {extract.name}", lambda sftp: self._deliver(sftp, extract)
+        )
         counts = delivery_counts(outcome, extract.rows)
         logger.info(
             "target %s: %s %s (%d rows) on %s:%s",
@@ -172,22 +161,6 @@ class SftpTarget:
             rows_rejected=0,
             rows_confirmed=counts.confirmed,
         )
-
-    def close(self) -> None:
-        """Close the SFTP session and the SSH connection."""
-        with self._lock:
-            self._disconnect()
-
-    def __enter__(self) -> SftpTarget:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- what to deliver (no server needed) -------------------------------------------
 
@@ -338,97 +311,8 @@ class SftpTarget:
     def _path(self, name: str) -> str:
         return posixpath.join(self.config.remote_dir, name)
 
-    # -- connection, retries, error mapping -------------------------------------------
-
-    def _run(self, action: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
-        retrying = Retrying(
-            stop=stop_after_attempt(self.config.max_attempts),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff_seconds,
-                max=_MAX_BACKOFF_SECONDS,
-                jitter=self._backoff_seconds,
-            ),
-            retry=retry_if_exception_type(TransientTargetError),
-            sleep=self._sleep,
-            before_sleep=self._log_retry(action),
-        )
-        with self._lock:
-            try:
-                return retrying(lambda: self._attempt(action, operation))
-            except RetryError as exc:
-                last = exc.last_attempt.exception()
-                raise TransientTargetError(
-                    f"target {self.name}: {action} on {self.where} failed after "
-                    f"{self.config.max_attempts} attempts; last error: {last}"
-                ) from last
-
-    def _attempt(self, action: str, operation: Callable[[paramiko.SFTPClient], T]) -> T:
-        try:
-            return operation(self._connect())
-        except Exception as exc:
-            error = self._as_target_error(exc, action)
-            if error is None:
-                raise
-            if isinstance(error, TransientTargetError):
-                self._disconnect()
-            if error is exc:
-                raise
-            raise error from exc
-
-    def _log_retry(self, action: str) -> Callable[[RetryCallState], None]:
-        def log(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
-            logger.warning(
-                "target %s: %s on %s: attempt %d of %d failed (%s); reconnecting",
-                self.name,
-                action,
-                self.where,
-                state.attempt_number,
-                self.config.max_attempts,
-                error,
-            )
-
-        return log
-
-    def _connect(self) -> paramiko.SFTPClient:
-        if self._session is not None and self._session.is_active():
-            return self._session.sftp
-        self._disconnect()
-        session = open_sftp_session(
-            host=self.config.host,
-            port=self.config.port,
-            username=self.config.username,
-            pkey=self._private_key(),
-            pinned=self._pinned,
-            timeout=self.config.connect_timeout_seconds,
-            sftp_class=ExtendedSftpClient,
-        )
-        self._session = session
-        logger.info(
-            "target %s: connected to %s as %s (host key %s)",
-            self.name,
-            self.where,
-            self.config.username,
-            describe_key(session.server_key),
-        )
-        return session.sftp
-
-    def _disconnect(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()
-
-    def _private_key(self) -> paramiko.PKey:
-        if self._pkey is None:
-            self._pkey = load_client_key(
-                self.config.private_key,
-                self.config.private_key_passphrase,
-                base_dir=self._base_dir,
-            )
-        return self._pkey
-
-    def _as_target_error(self, exc: Exception, action: str) -> BatchbridgeError | None:
-        """Map an exception to the error tree; None means 'not ours, re-raise as is'."""
+    def _target_error(self, exc: Exception, failure: SshFailure | None) -> BatchbridgeError | None:
+        """A target's reading of a failure: it fails the load, naming the target."""
         if isinstance(exc, TargetError):
             return exc
         if isinstance(exc, ConfigError):
@@ -438,13 +322,6 @@ class SftpTarget:
             # The shared connection code raises HostKeyError (a SourceError): here the
             # server is a target's, so it fails the load, keeping its reason code.
             return TargetError(f"target {self.name}: {exc}", reason=exc.reason)
-        failure = classify_ssh_failure(
-            exc,
-            action=action,
-            where=self.where,
-            username=self.config.username,
-            pinned=self._pinned,
-        )
         if failure is None:
             return None
         message = f"target {self.name}: {failure.message}"

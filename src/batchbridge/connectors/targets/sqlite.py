@@ -1,7 +1,7 @@
 """SQLite target, the embedded default: the same idempotent upsert as PostgreSQL, in one file."""
 
-# S608: SQL here is built from identifiers passed through _quote (double quotes,
-# embedded quotes doubled); every value is bound as a ? parameter.
+# S608: SQL here is built from identifiers passed through quote (double quotes,
+# embedded quotes doubled); every value is bound as a parameter.
 # ruff: noqa: S608
 
 from __future__ import annotations
@@ -9,32 +9,41 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import polars as pl
 
 from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
-from batchbridge.connectors.targets.rows import SNAPSHOT_COLUMNS, check_load_request
-from batchbridge.errors import ConfigError, TargetError, TransientTargetError
-from batchbridge.validations.base import ROW_COLUMN
+from batchbridge.connectors.targets.sql_plan import (
+    LINEAGE_COLUMNS,
+    TENANT_COLUMN,
+    Params,
+    SqlDialect,
+    SqlPlan,
+    SqlStatements,
+    configured_columns,
+    plan_load,
+    quote,
+    require_columns,
+)
+from batchbridge.connectors.targets.sql_target import (
+    Phase,
+    SqlTarget,
+    describe_failure,
+    mark_absent_inactive,
+    stage_rows,
+)
+from batchbridge.errors import TargetError, TransientTargetError
 
 __all__ = ["LINEAGE_COLUMNS", "TENANT_COLUMN", "SqliteTarget", "sqlite_type"]
 
 T = TypeVar("T")
 
-TENANT_COLUMN = "tenant"
-LINEAGE_COLUMNS = ("load_id", "file_id", "source_row", "loaded_at")
-"""Added to every row: which load wrote it, from which file and record, and when (UTC text)."""
-
 DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6f+00:00"
 """Datetimes are stored as fixed-width ISO-8601 UTC text, so text order is time order."""
 
-_RESERVED = frozenset({TENANT_COLUMN, *LINEAGE_COLUMNS, *SNAPSHOT_COLUMNS, ROW_COLUMN})
-_STAGE = '"temp"."_batchbridge_stage"'
 # SQLITE_BUSY / SQLITE_LOCKED: another writer held the file past the busy timeout.
 _TRANSIENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED")
 
@@ -56,35 +65,47 @@ def sqlite_type(column: str, dtype: pl.DataType) -> str:
     raise TargetError(f"column {column!r} has dtype {dtype} that no target column type fits")
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+SQLITE = SqlDialect(
+    column_type=sqlite_type,
+    text="TEXT",
+    integer="INTEGER",
+    timestamp="TEXT",  # DATETIME_FORMAT text
+    boolean="INTEGER",
+    true="1",
+    false="0",
+    now=":loaded_at",  # SQLite has no transaction timestamp: the load binds one
+    differs="IS NOT",  # SQLite's null-safe "distinct from"
+    temp_schema="temp",
+    temp_options="",
+    param_style=":{}",
+)
 
 
-def _idents(columns: Sequence[str], prefix: str = "") -> str:
-    return ", ".join(prefix + _quote(c) for c in columns)
+class _Session:
+    """The shared SQL steps over one sqlite3 connection inside a transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, statement: str, params: Params | None = None) -> int:
+        return max(self.conn.execute(statement, params or {}).rowcount, 0)
+
+    def count(self, statement: str, params: Params) -> int:
+        return int(self.conn.execute(statement, params).fetchone()[0])
+
+    def value(self, statement: str, params: Params) -> object:
+        row = self.conn.execute(statement, params).fetchone()
+        return None if row is None else row[0]
+
+    def insert_rows(self, table: str, columns: Sequence[str], frame: pl.DataFrame) -> None:
+        placeholders = ", ".join("?" for _ in columns)
+        self.conn.executemany(
+            f"INSERT INTO {table} ({', '.join(quote(c) for c in columns)}) VALUES ({placeholders})",
+            _sqlite_ready(frame).iter_rows(),
+        )
 
 
-@dataclass(frozen=True)
-class _Plan:
-    keys: tuple[str, ...]
-    data: tuple[str, ...]
-    frame: pl.DataFrame  # keys + data + ROW_COLUMN only (data minimization)
-    snapshot: bool = False
-    kept: pl.DataFrame | None = None  # keys of quarantined rows a snapshot keeps active
-
-    @property
-    def sent(self) -> int:
-        return self.frame.height
-
-
-class _Phase:
-    """What a transaction was doing when it failed, for error messages."""
-
-    def __init__(self) -> None:
-        self.name = "open"
-
-
-class SqliteTarget:
+class SqliteTarget(SqlTarget[_Session]):
     """Loads rows into `table` of the SQLite file at `path`, idempotently on the natural key.
 
     One IMMEDIATE transaction per load (WAL mode, so readers are not blocked): create
@@ -98,11 +119,11 @@ class SqliteTarget:
         self.name = name
         self.path = Path(path)
         self.table = table
-        self.columns = tuple(dict.fromkeys(columns))
-        reserved = sorted(_RESERVED.intersection(self.columns))
-        if reserved:
-            raise ConfigError(f"target {name}: columns {reserved} are reserved for lineage")
+        self.columns = configured_columns(name, columns)
         self.timeout = timeout
+        self.sql = SqlStatements(
+            SQLITE, f"main.{quote(table)}", canary=f"main.{quote(CANARY_TABLE)}"
+        )
         self._conn: sqlite3.Connection | None = None
         # Prefect may call one target from several task threads; sqlite3 connections
         # must not be used concurrently, so loads on one instance take turns.
@@ -115,54 +136,43 @@ class SqliteTarget:
 
     def load(self, request: LoadRequest) -> LoadResult:
         """Upsert `request.rows` in one transaction; a locked database is transient."""
-        plan = self._plan(request)
-        loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        plan = plan_load(self.name, request, self.columns)
+        params = {
+            "tenant": request.tenant,
+            "load_id": request.load_id,
+            "file_id": request.file_id,
+            "loaded_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00"),
+        }
 
-        def work(conn: sqlite3.Connection, phase: _Phase) -> LoadResult:
+        def work(session: _Session, phase: Phase) -> LoadResult:
             phase.name = "prepare table"
-            self._ensure_table(conn, plan)
+            self._ensure_table(session, plan)
             phase.name = "stage rows"
-            self._stage(conn, (*plan.keys, *plan.data, "source_row"), plan.frame)
+            stage_rows(session, self.sql, plan.staged, plan.frame)
             phase.name = "upsert"
-            existing = self._count_staged_present(conn, request.tenant, plan.keys)
-            changed = conn.execute(
-                self._upsert_sql(plan),
-                (request.tenant, request.load_id, request.file_id, loaded_at),
-            ).rowcount
+            existing = session.count(self.sql.count_present(plan.keys), params)
+            changed = session.execute(self.sql.upsert(plan), params)
             # SQLite has no xmax: keys found before the upsert were updates or no-ops,
             # and changes() counts inserted plus actually updated rows.
             inserted = plan.sent - existing
-            updated = changed - inserted
             phase.name = "confirm"
-            confirmed = self._count_staged_present(conn, request.tenant, plan.keys)
+            confirmed = session.count(self.sql.count_present(plan.keys), params)
             inactivated = 0
             if plan.snapshot:
                 phase.name = "mark absent records inactive"
-                inactivated = self._mark_absent_inactive(conn, plan, request, loaded_at)
-            conn.execute(f"DROP TABLE {_STAGE}")
+                inactivated = mark_absent_inactive(session, self.sql, plan, params)
+            session.execute(self.sql.drop(self.sql.stage))
             phase.name = "commit"
-            return LoadResult(
-                target=self.name,
-                load_id=request.load_id,
-                rows_inserted=inserted,
-                rows_updated=updated,
-                rows_unchanged=plan.sent - inserted - updated,
-                rows_rejected=0,
-                rows_confirmed=confirmed,
-                rows_inactivated=inactivated,
+            return plan.result(
+                self.name,
+                request.load_id,
+                inserted=inserted,
+                updated=changed - inserted,
+                confirmed=confirmed,
+                inactivated=inactivated,
             )
 
-        return self._transaction("load", work, write=True)
-
-    def count_rows(self, tenant: str) -> int:
-        """Rows of `tenant` in the table (0 when the table does not exist yet)."""
-        query = f"SELECT count(*) FROM {_quote(self.table)} WHERE {_quote(TENANT_COLUMN)} = ?"
-        return self._count_if_exists("count rows", query, (tenant,))
-
-    def rows_for_load(self, load_id: str) -> int:
-        """Rows whose current lineage is `load_id` (rows a later load changed move on)."""
-        query = f"SELECT count(*) FROM {_quote(self.table)} WHERE load_id = ?"
-        return self._count_if_exists("count rows of load", query, (load_id,))
+        return self._run("load", work, write=True)
 
     def count_keys_present(self, tenant: str, keys: pl.DataFrame) -> int:
         """How many rows of `keys` (natural-key columns only) exist for `tenant`."""
@@ -170,60 +180,25 @@ class SqliteTarget:
         if not key_columns:
             raise TargetError(f"target {self.name}: count_keys_present needs key columns")
 
-        def work(conn: sqlite3.Connection, phase: _Phase) -> int:
-            if not self._table_exists(conn):
+        def work(session: _Session, phase: Phase) -> int:
+            if not self._table_exists(session):
                 return 0
             phase.name = "stage keys"
-            self._stage(conn, key_columns, _sqlite_ready(keys))
+            stage_rows(session, self.sql, key_columns, keys)
             phase.name = "count keys"
-            count = self._count_staged_present(conn, tenant, key_columns)
-            conn.execute(f"DROP TABLE {_STAGE}")
+            count = session.count(self.sql.count_present(key_columns), {"tenant": tenant})
+            session.execute(self.sql.drop(self.sql.stage))
             return count
 
-        return self._transaction("count keys", work, write=True)
+        return self._run("count keys", work, write=True)
 
     def table_columns(self) -> list[str]:
         """Column names of the target table in order ([] when it does not exist)."""
 
-        def work(conn: sqlite3.Connection, phase: _Phase) -> list[str]:
-            return self._columns_of(conn)
+        def work(session: _Session, phase: Phase) -> list[str]:
+            return self._columns_of(session.conn)
 
-        return self._transaction("list columns", work, write=False)
-
-    def check_writable(self, tenant: str) -> datetime:
-        """Upsert `tenant`'s row in `batchbridge_health_canary`, read it back, commit.
-
-        Same contract as PostgresTarget.check_writable: the row is kept, one per tenant.
-        """
-        canary = _quote(CANARY_TABLE)
-        checked_at = datetime.now(UTC)
-        stamp = checked_at.isoformat(timespec="microseconds")
-
-        def work(conn: sqlite3.Connection, phase: _Phase) -> datetime:
-            phase.name = "prepare canary table"
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS main.{canary} "
-                "(tenant TEXT PRIMARY KEY NOT NULL, checked_at TEXT NOT NULL)"
-            )
-            phase.name = "write canary"
-            conn.execute(
-                f"INSERT INTO main.{canary} (tenant, checked_at) VALUES (?, ?) "
-                "ON CONFLICT (tenant) DO UPDATE SET checked_at = excluded.checked_at",
-                (tenant, stamp),
-            )
-            phase.name = "read canary"
-            row = conn.execute(
-                f"SELECT checked_at FROM main.{canary} WHERE tenant = ?", (tenant,)
-            ).fetchone()
-            if row is None or row[0] != stamp:
-                raise TargetError(
-                    f"target {self.name}: the canary row read back from "
-                    f"{self.path.name}:{CANARY_TABLE} differs from the one written"
-                )
-            phase.name = "commit"
-            return checked_at
-
-        return self._transaction("health canary", work, write=True)
+        return self._run("list columns", work, write=False)
 
     def close(self) -> None:
         """Close the database file; the next call opens it again."""
@@ -232,172 +207,32 @@ class SqliteTarget:
             if conn is not None:
                 conn.close()
 
-    def __enter__(self) -> SqliteTarget:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- request checks (no database needed) ------------------------------------------
-
-    def _plan(self, request: LoadRequest) -> _Plan:
-        checked = check_load_request(self.name, request, self.columns, _RESERVED)
-        kept = None
-        if request.full_snapshot and request.kept_keys is not None:
-            kept = request.kept_keys.select(
-                [pl.col(k).cast(pl.String) for k in checked.keys]
-            ).unique()
-        return _Plan(
-            keys=checked.keys,
-            data=checked.data,
-            frame=checked.frame,
-            snapshot=request.full_snapshot,
-            kept=kept,
-        )
-
     # -- statements -------------------------------------------------------------------
 
-    def _table_exists(self, conn: sqlite3.Connection) -> bool:
-        row = conn.execute(
+    def _table_exists(self, session: _Session) -> bool:
+        row = session.conn.execute(
             "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
         ).fetchone()
         return row is not None
 
+    def _prepare_canary(self, session: _Session) -> None:
+        session.execute(self.sql.create_canary())
+
+    def _canary_stamp(self, checked_at: datetime) -> object:
+        return checked_at.isoformat(timespec="microseconds")  # what the TEXT column keeps
+
+    @property
+    def _canary_where(self) -> str:
+        return f"{self.path.name}:{CANARY_TABLE}"
+
     def _columns_of(self, conn: sqlite3.Connection) -> list[str]:
-        rows = conn.execute(f"PRAGMA main.table_info({_quote(self.table)})").fetchall()
+        rows = conn.execute(f"PRAGMA main.table_info({quote(self.table)})").fetchall()
         return [str(row[1]) for row in rows]
 
-    def _ensure_table(self, conn: sqlite3.Connection, plan: _Plan) -> None:
-        if not self._table_exists(conn):
-            conn.execute(self._create_table_sql(plan))
-        present = set(self._columns_of(conn))
-        expected = (TENANT_COLUMN, *plan.keys, *plan.data, *LINEAGE_COLUMNS)
-        if plan.snapshot:
-            expected += SNAPSHOT_COLUMNS
-        missing = [c for c in expected if c not in present]
-        if missing:
-            raise TargetError(
-                f"target {self.name}: table {self.table} lacks columns {missing}; "
-                "add them (batchbridge does not alter existing tables)"
-            )
-
-    def _create_table_sql(self, plan: _Plan) -> str:
-        schema = plan.frame.schema
-        # NOT NULL on the key is explicit: SQLite, unlike PostgreSQL, lets NULL into a
-        # PRIMARY KEY column of an ordinary table.
-        definitions = [f"{_quote(TENANT_COLUMN)} TEXT NOT NULL"]
-        definitions += [f"{_quote(c)} {sqlite_type(c, schema[c])} NOT NULL" for c in plan.keys]
-        definitions += [f"{_quote(c)} {sqlite_type(c, schema[c])}" for c in plan.data]
-        definitions += [
-            "load_id TEXT NOT NULL",
-            "file_id TEXT NOT NULL",
-            "source_row INTEGER NOT NULL",
-            "loaded_at TEXT NOT NULL",
-        ]
-        if plan.snapshot:
-            definitions += [
-                "active INTEGER NOT NULL DEFAULT 1",
-                "inactivated_by_load TEXT",
-                "inactivated_at TEXT",
-            ]
-        definitions += [f"PRIMARY KEY ({_idents((TENANT_COLUMN, *plan.keys))})"]
-        return f"CREATE TABLE IF NOT EXISTS {_quote(self.table)} ({', '.join(definitions)})"
-
-    def _stage(
-        self, conn: sqlite3.Connection, columns: tuple[str, ...], frame: pl.DataFrame
-    ) -> None:
-        # The staging table copies the target's declared types, so values are stored
-        # with the same affinity and the IS NOT comparisons below compare like with like.
-        conn.execute(
-            f"CREATE TEMP TABLE {_quote('_batchbridge_stage')} AS "
-            f"SELECT {_idents(columns)} FROM main.{_quote(self.table)} WHERE 0"
-        )
-        placeholders = ", ".join("?" for _ in columns)
-        conn.executemany(
-            f"INSERT INTO {_STAGE} ({_idents(columns)}) VALUES ({placeholders})",
-            _sqlite_ready(frame).iter_rows(),
-        )
-
-    def _upsert_sql(self, plan: _Plan) -> str:
-        target = _quote(self.table)
-        columns = (TENANT_COLUMN, *plan.keys, *plan.data, *LINEAGE_COLUMNS)
-        selected = ["?", *(f"s.{_quote(c)}" for c in (*plan.keys, *plan.data))]
-        selected += ["?", "?", "s.source_row", "?"]
-        assignments = [
-            f"{_quote(c)} = excluded.{_quote(c)}" for c in (*plan.data, *LINEAGE_COLUMNS)
-        ]
-        # IS NOT is SQLite's null-safe "distinct from".
-        conditions = [f"{target}.{_quote(c)} IS NOT excluded.{_quote(c)}" for c in plan.data]
-        if plan.snapshot:
-            # A record back in a full file is current again.
-            assignments.append("active = 1, inactivated_by_load = NULL, inactivated_at = NULL")
-            conditions.append(f"{target}.active = 0")
-        if conditions:
-            # Lineage moves only with the data, so loading a file twice changes nothing.
-            on_conflict = f"DO UPDATE SET {', '.join(assignments)} WHERE {' OR '.join(conditions)}"
-        else:
-            on_conflict = "DO NOTHING"
-        # "WHERE true" is required: without it SQLite parses ON CONFLICT as a join's ON.
-        return (
-            f"INSERT INTO {target} ({_idents(columns)}) SELECT {', '.join(selected)} "
-            f"FROM {_STAGE} AS s WHERE true "
-            f"ON CONFLICT ({_idents((TENANT_COLUMN, *plan.keys))}) {on_conflict}"
-        )
-
-    def _mark_absent_inactive(
-        self, conn: sqlite3.Connection, plan: _Plan, request: LoadRequest, at: str
-    ) -> int:
-        """Mark the tenant's active records that this full file lacks inactive; their count.
-
-        Keys of the file's quarantined rows (`plan.kept`) are still current records.
-        """
-        kept = _quote("_batchbridge_kept")
-        conn.execute(
-            f"CREATE TEMP TABLE {kept} ({', '.join(f'{_quote(k)} TEXT' for k in plan.keys)})"
-        )
-        if plan.kept is not None and plan.kept.height:
-            placeholders = ", ".join("?" for _ in plan.keys)
-            conn.executemany(
-                f"INSERT INTO temp.{kept} ({_idents(plan.keys)}) VALUES ({placeholders})",
-                plan.kept.iter_rows(),
-            )
-        in_file = " AND ".join(f"s.{_quote(k)} = t.{_quote(k)}" for k in plan.keys)
-        in_kept = " AND ".join(f"k.{_quote(k)} = CAST(t.{_quote(k)} AS TEXT)" for k in plan.keys)
-        changed = conn.execute(
-            f"UPDATE main.{_quote(self.table)} AS t SET active = 0, inactivated_by_load = ?, "
-            f"inactivated_at = ? WHERE t.{_quote(TENANT_COLUMN)} = ? AND t.active = 1 "
-            f"AND NOT EXISTS (SELECT 1 FROM {_STAGE} AS s WHERE {in_file}) "
-            f"AND NOT EXISTS (SELECT 1 FROM temp.{kept} AS k WHERE {in_kept})",
-            (request.load_id, at, request.tenant),
-        ).rowcount
-        conn.execute(f"DROP TABLE temp.{kept}")
-        return max(changed, 0)
-
-    def _count_staged_present(
-        self, conn: sqlite3.Connection, tenant: str, keys: tuple[str, ...]
-    ) -> int:
-        join = " AND ".join(
-            [f"t.{_quote(TENANT_COLUMN)} = ?", *(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)]
-        )
-        row = conn.execute(
-            f"SELECT count(*) FROM {_STAGE} AS s JOIN main.{_quote(self.table)} AS t ON {join}",
-            (tenant,),
-        ).fetchone()
-        return int(row[0])
-
-    def _count_if_exists(self, action: str, query: str, params: tuple[str]) -> int:
-        def work(conn: sqlite3.Connection, phase: _Phase) -> int:
-            if not self._table_exists(conn):
-                return 0
-            phase.name = action
-            return int(conn.execute(query, params).fetchone()[0])
-
-        return self._transaction(action, work, write=False)
+    def _ensure_table(self, session: _Session, plan: SqlPlan) -> None:
+        if not self._table_exists(session):
+            session.execute(self.sql.create_table(plan))
+        require_columns(self.name, self.table, plan.columns, self._columns_of(session.conn))
 
     # -- connection and transaction ---------------------------------------------------
 
@@ -423,14 +258,8 @@ class SqliteTarget:
             self._conn = conn
         return self._conn
 
-    def _transaction(
-        self,
-        action: str,
-        work: Callable[[sqlite3.Connection, _Phase], T],
-        *,
-        write: bool,
-    ) -> T:
-        phase = _Phase()
+    def _run(self, action: str, work: Callable[[_Session, Phase], T], *, write: bool) -> T:
+        phase = Phase("open")
         with self._lock:
             try:
                 conn = self._connection()
@@ -438,7 +267,7 @@ class SqliteTarget:
                 # upgrading from a read lock, they wait (busy timeout) instead.
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
-                    result = work(conn, phase)
+                    result = work(_Session(conn), phase)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
@@ -448,11 +277,10 @@ class SqliteTarget:
             except sqlite3.Error as exc:
                 code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
                 error = TransientTargetError if code in _TRANSIENT_ERRORS else TargetError
+                where = f"{self.path.name}:{self.table}"
                 # Only the error code: SQLite messages may name values in some cases.
-                raise error(
-                    f"target {self.name}: {action} on {self.path.name}:{self.table} failed "
-                    f"at {phase.name}: {type(exc).__name__} ({code})"
-                ) from None
+                detail = f"{type(exc).__name__} ({code})"
+                raise error(describe_failure(self.name, action, where, phase, detail)) from None
 
 
 def _sqlite_ready(frame: pl.DataFrame) -> pl.DataFrame:
