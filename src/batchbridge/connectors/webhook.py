@@ -10,12 +10,12 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Any, Protocol
 
 import httpx
 from pydantic import SecretStr
 
+from batchbridge.connectors.lifecycle import ClosedOnExit
 from batchbridge.connectors.retry import RetryPolicy, call_with_retries
 from batchbridge.errors import AlertDeliveryError, ConfigError
 
@@ -128,7 +128,7 @@ def _register_secret_url(url: httpx.URL) -> None:
             httpx_logger.addFilter(_REDACTOR)
 
 
-class WebhookClient:
+class WebhookClient(ClosedOnExit):
     """POSTs JSON to one incoming webhook; retries connection errors, 5xx and 429 only.
 
     Retries are bounded (`max_attempts`), with exponential backoff and jitter; a 429 or
@@ -172,17 +172,6 @@ class WebhookClient:
     def __repr__(self) -> str:
         # Never the path: it is the webhook's token.
         return f"WebhookClient(host={self._url.host!r})"
-
-    def __enter__(self) -> WebhookClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the HTTP connection pool."""

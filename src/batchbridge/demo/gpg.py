@@ -10,9 +10,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
+from batchbridge.connectors.lifecycle import ClosedOnExit
 from batchbridge.connectors.pgp.home import FAST_S2K, gpgconf_for, stop_gpg_agent
 
 CompressAlgo = Literal["zlib", "zip", "bzip2", "none"]
@@ -28,7 +28,7 @@ class GpgCommandError(RuntimeError):
 
 
 @dataclass
-class GpgKeyring:
+class GpgKeyring(ClosedOnExit):
     """A throwaway GnuPG home for tests, demos and benchmarks; never touches ~/.gnupg.
 
     Keys are generated fast (ed25519 + cv25519 by default). Call `close()` (or use it as
@@ -48,17 +48,6 @@ class GpgKeyring:
             # Test keys need no costly re-protection (see FAST_S2K); unlike a throwaway
             # home, this one lives on, so the agent may cache passphrases.
             agent_conf.write_text(FAST_S2K, encoding="ascii")
-
-    def __enter__(self) -> GpgKeyring:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the gpg-agent serving this home; harmless when none runs.

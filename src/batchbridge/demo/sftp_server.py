@@ -15,7 +15,6 @@ import socket
 import threading
 from base64 import b64decode
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import paramiko
@@ -27,6 +26,7 @@ from paramiko.common import (
 )
 from paramiko.sftp import SFTP_FAILURE, SFTP_OK, SFTP_OP_UNSUPPORTED
 
+from batchbridge.connectors.lifecycle import StoppedOnExit
 from batchbridge.demo.keys import generate_ed25519
 
 logger = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class _KeyOnlyServer(paramiko.ServerInterface):
         return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
 
-class EmbeddedSftpServer:
+class EmbeddedSftpServer(StoppedOnExit):
     """Serves `root` over SFTP on 127.0.0.1 from a background thread until `stop()`."""
 
     def __init__(
@@ -234,17 +234,6 @@ class EmbeddedSftpServer:
             transports, self._transports = self._transports, []
         for transport in transports:
             transport.close()
-
-    def __enter__(self) -> EmbeddedSftpServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _serve(self) -> None:
         while not self._stopping.is_set():

@@ -9,9 +9,9 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 from batchbridge.config import LocalSourceConfig
+from batchbridge.connectors.lifecycle import ClosedOnExit
 from batchbridge.connectors.sources.base import FetchedFile, RemoteFile
 from batchbridge.connectors.sources.names import check_remote_name
 from batchbridge.connectors.sources.stability import (
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
 
 
-class LocalDirSource:
+class LocalDirSource(ClosedOnExit):
     """The Source protocol over a local folder, with the same checks as the SFTP source.
 
     Relative `path` and `processed_dir` are resolved against `base_dir` (the feed YAML's
@@ -122,17 +122,6 @@ class LocalDirSource:
 
     def close(self) -> None:
         """Nothing to release for a local folder."""
-
-    def __enter__(self) -> LocalDirSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _scan(self) -> Listing:
         try:

@@ -7,11 +7,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import Protocol, TypeVar
 
 import paramiko
 
+from batchbridge.connectors.lifecycle import ClosedOnExit
 from batchbridge.connectors.retry import RetryPolicy, call_with_retries
 from batchbridge.connectors.ssh.connect import (
     SftpSession,
@@ -200,7 +200,7 @@ class SshSession:
         return self._pkey
 
 
-class OverSshSession:
+class OverSshSession(ClosedOnExit):
     """Base of a connector that talks over one SshSession: `close()` ends it, so does `with`."""
 
     _session: SshSession
@@ -208,14 +208,3 @@ class OverSshSession:
     def close(self) -> None:
         """Close the SFTP session and the SSH connection (a later call reconnects)."""
         self._session.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

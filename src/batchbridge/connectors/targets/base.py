@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import polars as pl
 
@@ -74,24 +73,6 @@ class Target(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
-
-
-class ClosedOnExit:
-    """Lets `with SomeTarget(...) as target:` close the target on the way out."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 CANARY_TABLE = "batchbridge_health_canary"

@@ -15,7 +15,7 @@ from typing import Generic, Protocol, TypeVar
 
 import polars as pl
 
-from batchbridge.connectors.targets.base import ClosedOnExit
+from batchbridge.connectors.lifecycle import ClosedOnExit
 from batchbridge.connectors.targets.sql_plan import Params, SqlPlan, SqlStatements
 from batchbridge.errors import TargetError
 

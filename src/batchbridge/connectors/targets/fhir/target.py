@@ -44,9 +44,10 @@ import polars as pl
 from pydantic import SecretStr
 
 from batchbridge.config import FhirTargetConfig
+from batchbridge.connectors.lifecycle import ClosedOnExit
 from batchbridge.connectors.retry import RetryPolicy, call_with_retries
 from batchbridge.connectors.secrets import resolve_secret
-from batchbridge.connectors.targets.base import ClosedOnExit, LoadRequest, LoadResult
+from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.fhir.auth import ClientCredentials
 from batchbridge.connectors.targets.fhir.bundle import (
     EMPTY_PLAN,
