@@ -101,3 +101,14 @@ def test_migrations_match_models(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_packaged_revisions_match_alembics_own_view() -> None:
+    from alembic.script import ScriptDirectory
+
+    from batchbridge.ledger.migrate import alembic_config
+    from batchbridge.ledger.schema_revisions import head_revision, known_revisions
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    assert head_revision() == scripts.get_current_head()
+    assert known_revisions() == {s.revision: s.down_revision for s in scripts.walk_revisions()}

@@ -12,7 +12,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
@@ -44,6 +43,9 @@ INTERRUPTED_EXIT = 130
 
 def package_version() -> str:
     """The installed batchbridge version."""
+    # importlib.metadata costs ~30 ms at start-up: only `--version` needs it.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("batchbridge")
     except PackageNotFoundError:  # running from a source tree that was never installed

@@ -10,8 +10,7 @@ from typing import Annotated
 
 import typer
 
-from batchbridge.cli.output import print_json
-from batchbridge.cli.progress_display import wants_progress
+from batchbridge.cli.output import print_json, wants_progress
 from batchbridge.cli.run import run_feed_once
 from batchbridge.config.settings import load_settings
 from batchbridge.ledger.run_report import render_text

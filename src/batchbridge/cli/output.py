@@ -34,3 +34,8 @@ def print_error(exc: BatchbridgeError) -> None:
 def note(message: str) -> None:
     """A remark for the person at the terminal (stderr, so stdout stays data)."""
     print(message, file=sys.stderr)
+
+
+def wants_progress(*, quiet: bool, as_json: bool) -> bool:
+    """Draw progress only for a person at a terminal."""
+    return not quiet and not as_json and sys.stderr.isatty()

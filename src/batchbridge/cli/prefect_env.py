@@ -18,8 +18,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from batchbridge.cli.output import note
 
 # Re-exported: server.py and the tests import the state file's names from here too.
@@ -166,6 +164,9 @@ def api_problem(
     timeout: float = HEALTH_TIMEOUT_SECONDS,
 ) -> str | None:
     """Why the Prefect API at `api_url` does not answer GET /health, or None when it does."""
+    # httpx (~60 ms) loads only for commands that talk to Prefect, not for every command.
+    import httpx
+
     try:
         response = httpx.get(
             f"{api_url.rstrip('/')}/health",
@@ -206,6 +207,8 @@ def _is_api_failure(exc: BaseException) -> bool:
     .start, client/orchestration raise_for_api_version_mismatch): only the text tells.
     A connection error counts when Prefect's client raised it, not a task's own request.
     """
+    import httpx  # loaded already: the flow call that raised went through Prefect's client
+
     if isinstance(exc, RuntimeError):
         text = str(exc)
         return "Failed to reach API" in text or "ephemeral Prefect API server" in text

@@ -7,7 +7,6 @@ and rates, nothing of the rows themselves.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -115,11 +114,6 @@ class TerminalProgress:
             if speed:
                 parts.append(f"({speed})")
         self._console.print("  ".join(parts), style="dim", highlight=False)
-
-
-def wants_progress(*, quiet: bool, as_json: bool) -> bool:
-    """Draw progress only for a person at a terminal."""
-    return not quiet and not as_json and sys.stderr.isatty()
 
 
 @contextmanager

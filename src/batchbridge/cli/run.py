@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from batchbridge.cli.output import print_json
+from batchbridge.cli.output import print_json, wants_progress
 from batchbridge.cli.params import (
     ConfigDirOption,
     FeedArgument,
@@ -15,7 +15,6 @@ from batchbridge.cli.params import (
     split_values,
 )
 from batchbridge.cli.prefect_env import ensure_prefect_home, prefect_api
-from batchbridge.cli.progress_display import terminal_progress, wants_progress
 from batchbridge.config import load_feed
 from batchbridge.config.settings import Settings, load_settings
 from batchbridge.errors import BatchbridgeError, RunFailedError
@@ -41,6 +40,7 @@ def run_feed_once(
     # Prefect (and Polars, through the flow's tasks) load only for commands that run flows.
     from prefect import tags
 
+    from batchbridge.cli.progress_display import terminal_progress  # rich.progress: runs only
     from batchbridge.flows.nightly import nightly_feed
 
     config = load_feed(feed, settings.config_dir).config

@@ -20,21 +20,8 @@ from batchbridge.config.stewards import open_directory
 from batchbridge.errors import StewardError
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.release import release_rows
-from batchbridge.steward.release_report import ReleaseReport, render_release_markdown
 from batchbridge.steward.service import StewardService
-from batchbridge.tasks.guard import stage_task
-
-
-@stage_task("replay-report")
-def publish_release_artifact(report: ReleaseReport, feed: str) -> None:
-    """Attach the release's counts to the flow run (no values)."""
-    from prefect.artifacts import create_markdown_artifact
-
-    create_markdown_artifact(
-        markdown=render_release_markdown(report, feed=feed),
-        key=f"{feed.replace('_', '-')}-quarantine-replay",
-        description=f"{feed}: quarantined rows re-validated and released (counts, no PHI)",
-    )
+from batchbridge.tasks.report import publish_release_artifact
 
 
 @flow(

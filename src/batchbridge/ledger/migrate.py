@@ -8,18 +8,18 @@ that exists and raises LedgerNotFoundError otherwise, creating nothing (read com
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from batchbridge.errors import ConfigError, LedgerNotFoundError
 from batchbridge.ledger.locks import migration_lock
+from batchbridge.ledger.schema_revisions import current_revisions, head_revision, known_revisions
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -29,6 +29,10 @@ _SECRET_QUERY_WORDS = ("pass", "secret", "token")
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic config pointing at the packaged migrations (no alembic.ini needed)."""
+    # Alembic loads only when a ledger is created or behind the newest schema: a ledger
+    # already at head is opened without it (see schema_revisions).
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url is not None:
@@ -38,6 +42,8 @@ def alembic_config(url: str | None = None) -> Config:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Apply every pending migration; safe to call on every start, and from two at once."""
+    from alembic import command  # only when migrating (see alembic_config)
+
     config = alembic_config()
     with migration_lock(engine), engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -101,18 +107,17 @@ def _require_ledger_tables(url: str, shown: str) -> None:
         )
 
 
-def _require_known_revision(engine: Engine, shown: str) -> None:
-    with engine.connect() as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-    scripts = ScriptDirectory.from_config(alembic_config())
-    known = {script.revision for script in scripts.walk_revisions()}
-    unknown = sorted(current - known)
+def _at_head(engine: Engine, shown: str) -> bool:
+    """Whether the ledger is at the newest schema; ConfigError when it is past what we know."""
+    current = current_revisions(engine)
+    unknown = sorted(current - set(known_revisions()))
     if unknown:
         raise ConfigError(
             f"the ledger at {shown} is at schema revision {', '.join(unknown)}, newer than "
-            f"this batchbridge knows (newest: {scripts.get_current_head()}): upgrade batchbridge",
+            f"this batchbridge knows (newest: {head_revision()}): upgrade batchbridge",
             reason="ledger_schema_newer",
         )
+    return current == {head_revision()}
 
 
 def create_ledger_engine(url: str, *, create: bool = True) -> Engine:
@@ -150,8 +155,8 @@ def create_ledger_engine(url: str, *, create: bool = True) -> Engine:
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         try:
-            _require_known_revision(engine, shown)
-            upgrade_to_head(engine)
+            if not _at_head(engine, shown):
+                upgrade_to_head(engine)
         except BaseException:
             engine.dispose()
             raise

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import logging
 
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
+
 from batchbridge.config import LoadedFeed
 from batchbridge.ledger.run_report import RunReport
 from batchbridge.monitoring.alert_delivery import (
@@ -21,9 +26,6 @@ logger = logging.getLogger(__name__)
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """Prefect's run logger inside a flow or task (logs reach the UI), else ours."""
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
     try:
         return get_run_logger()
     except MissingContextError:
@@ -31,8 +33,6 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 
 def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
@@ -41,8 +41,6 @@ def send_alerts(alerts: list[Alert], loaded: LoadedFeed) -> DeliverySummary:
     """Deliver alerts and, in a Prefect run, publish them as a markdown artifact."""
     summary = deliver_alerts(alerts, loaded, log=_run_logger())
     if summary.deliveries and _in_prefect_run():
-        from prefect.artifacts import create_markdown_artifact
-
         create_markdown_artifact(
             markdown=render_alerts_markdown(loaded.config.feed, summary),
             key=alerts_artifact_key(loaded.config.feed),

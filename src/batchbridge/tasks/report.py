@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
 from batchbridge.crashpoints import crash_point
 from batchbridge.ledger.run_report import RunReport, show_command
 from batchbridge.ledger.run_report import format_count as fmt
+from batchbridge.steward.release_report import ReleaseReport, render_release_markdown
 from batchbridge.tasks.guard import stage_task
 
 
@@ -91,8 +94,6 @@ def artifact_key(feed: str) -> str:
 @stage_task("report")
 def publish_report_artifact(report: RunReport) -> None:
     """Attach the report to the flow run as a markdown artifact (counts only)."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
     create_table_artifact(
         table=report_table(report),
         key=f"{artifact_key(report.feed)}-files",
@@ -108,4 +109,14 @@ def publish_report_artifact(report: RunReport) -> None:
         description=(
             f"{report.feed} run `{report.run_id}` report: counts, states and reasons (no PHI)"
         ),
+    )
+
+
+@stage_task("replay-report")
+def publish_release_artifact(report: ReleaseReport, feed: str) -> None:
+    """Attach the release's counts to the flow run (no values)."""
+    create_markdown_artifact(
+        markdown=render_release_markdown(report, feed=feed),
+        key=f"{feed.replace('_', '-')}-quarantine-replay",
+        description=f"{feed}: quarantined rows re-validated and released (counts, no PHI)",
     )

@@ -38,6 +38,7 @@ from batchbridge.validations.base import (
     ValidationResult,
 )
 from batchbridge.validations.rules import split_by_rules
+from batchbridge.validations.schemas.lab_results_fhir import lab_fhir_resources
 
 COLUMNS: tuple[str, ...] = (
     "record_id",
@@ -350,9 +351,6 @@ class LabResultsSchema:
 
     def fhir_resources(self, rows: pl.DataFrame, identity: FhirIdentity) -> Iterator[FhirResource]:
         """Transformed rows as FHIR R4: Patient stubs, then one Observation a row."""
-        # Imported here: only a FHIR target needs the mapping module.
-        from batchbridge.validations.schemas.lab_results_fhir import lab_fhir_resources
-
         return lab_fhir_resources(rows, identity)
 
     def __repr__(self) -> str:
