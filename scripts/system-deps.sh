@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the system programs the integration tests start (sshd, PostgreSQL, gpg) when missing.
+# Install the system programs the integration tests start (sshd, PostgreSQL, gpg, a headless
+# Chromium for the workbench's browser tests) when missing.
 # Used by `make test` and `.ci/run`; a no-op when everything is present.
 set -euo pipefail
 
@@ -8,6 +9,11 @@ need=()
 command -v gpg >/dev/null 2>&1 || need+=(gnupg)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need+=(postgresql)
+fi
+# Debian's headless-only build (no X, smaller); Playwright drives it by path (tests/plugins/
+# browser.py). A full `chromium` already installed serves as well.
+if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
+    need+=(chromium-headless-shell)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

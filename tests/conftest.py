@@ -21,6 +21,8 @@ pytest_plugins = [
     "tests.plugins.prefect",
     "tests.plugins.scenario",
     "tests.plugins.fhir",
+    "tests.plugins.browser",
+    "tests.plugins.workbench",
 ]
 
 

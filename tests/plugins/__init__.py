@@ -1,4 +1,5 @@
-"""pytest fixture plugins, registered by tests/conftest.py: sshd, PostgreSQL, gpg, Prefect, FHIR.
+"""pytest fixture plugins, registered by tests/conftest.py: sshd, PostgreSQL, gpg, Prefect, FHIR,
+browser (system Chromium via Playwright) and the steward workbench server.
 
 Each module turns a server or helper of tests/support into fixtures (started once per
 session or module, stopped after; when its binary is missing, `missing_part` skips on a

@@ -1,4 +1,4 @@
-"""PHI leak scan: canary patients through runs, failures, alerts and stewarding; zero hits."""
+"""PHI leak scan: canary patients through runs, failures, alerts, stewarding and the workbench."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import prefect.settings
 import pytest
 import yaml
+from playwright.sync_api import expect
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort, TaskRunSort
 from pydantic import BaseModel
@@ -24,6 +25,20 @@ from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.release import release_rows
 from batchbridge.steward.service import StewardService
 from tests.integration.flow_helpers import run_flow, target_rows
+from tests.plugins.browser import Tab
+from tests.plugins.workbench import ADMIN as WORKBENCH_ADMIN
+from tests.plugins.workbench import CANARIES as WORKBENCH_CANARIES
+from tests.plugins.workbench import STEWARD as WORKBENCH_STEWARD
+from tests.plugins.workbench import (
+    Workbench,
+    release_row,
+    reveal,
+    save_fix,
+    sign_in,
+    signed_in,
+    surname_row,
+    type_fix,
+)
 from tests.reliability.conftest import Figures
 from tests.support.webhook import WebhookReceiver
 
@@ -151,3 +166,77 @@ def test_no_canary_anywhere_but_ciphertext(
     reliability_figures.add("canary_hits", len(hits))
     reliability_figures.add("canary_places_scanned", len(texts) + len(blobs))
     assert hits == []
+
+
+def test_no_canary_in_the_workbench(
+    workbench: Workbench, tab: Tab, reliability_figures: Figures
+) -> None:
+    """The steward loop in the browser; its log, masked pages, titles, URLs and audit: clean."""
+    canaries = [*CANARIES, *WORKBENCH_CANARIES]
+    row = surname_row(workbench)
+    masked: dict[str, str] = {}
+    page = tab.page
+
+    def keep(name: str) -> None:
+        masked[f"{name} ({page.url})"] = page.content()
+
+    sign_in(tab, workbench, WORKBENCH_STEWARD)
+    keep("queue")
+    page.locator(f"table.queue a[href='/rows/{row['id']}']").click()
+    page.wait_for_load_state()
+    keep("row, masked")
+    reveal(tab, "ticket 81: check the row")  # the clear page: only its title and URL count
+    type_fix(tab, "patient_last_name", CANARIES[2])  # typed PHI: never echoed or logged
+    expect(page.locator("#preview")).to_contain_text("Would pass now")
+    keep("row, preview answered")
+    save_fix(tab, "ticket 81")
+    keep("row, fixed")
+    release_row(tab, "ticket 81")
+    keep("release result")
+    for path in (f"/files/{workbench.acme_file_id}", "/runs", "/queue?status=all"):
+        page.goto(f"{workbench.url}{path}")
+        keep(path)
+    # A record-id search for a patient's name: the answer does not repeat it.
+    page.goto(f"{workbench.url}/queue")
+    page.get_by_role("searchbox", name="Record id").fill(CANARIES[0])
+    page.get_by_role("button", name="Find record").click()
+    page.wait_for_load_state()
+    keep("record search")
+    # A URL someone pasted a name into (not the browser's doing: tab.urls stays clean):
+    # the access log keeps the route, never the query string.
+    with signed_in(workbench, WORKBENCH_STEWARD) as client:
+        assert client.get(f"/rows/{row['id']}", params={"done": CANARIES[1]}).status_code == 400
+    admin = tab.another()
+    try:
+        sign_in(admin, workbench, WORKBENCH_ADMIN)
+        admin.page.goto(f"{workbench.url}/audit")
+        masked[f"audit ({admin.page.url})"] = admin.page.content()
+        titles, urls = [*tab.titles, *admin.titles], [*tab.urls, *admin.urls]
+    finally:
+        admin.context.close()
+    assert len(titles) >= 10 and len(masked) >= 8
+
+    places = {
+        "server log": workbench.log_text(),
+        "page titles": "\n".join(titles),
+        "urls visited": "\n".join(urls),
+        "audit table": repr(workbench.sql("SELECT * FROM audit_events ORDER BY id")),
+        **{f"html of {name}": html for name, html in masked.items()},
+        **{f"ledger table {t}": text for t, text in _ledger_tables(workbench.ledger_url).items()},
+    }
+    hits = [f"{c} in {where}" for c in canaries for where, text in places.items() if c in text]
+    reliability_figures.add("canary_hits", len(hits))
+    reliability_figures.add("canary_places_scanned", len(places))
+    assert not hits, "\n".join(hits)
+
+
+def test_a_name_typed_into_a_queue_filter_is_not_audited(workbench: Workbench, tab: Tab) -> None:
+    """A clerk searching by surname in the Reason box: refused or kept out of the audit log."""
+    sign_in(tab, workbench, WORKBENCH_STEWARD)
+    tab.page.get_by_label("Reason").fill(CANARIES[1])
+    tab.page.get_by_role("button", name="Apply filters").click()
+    tab.page.wait_for_load_state()
+    with signed_in(workbench, WORKBENCH_STEWARD) as client:
+        client.get("/queue", params={"tenant": CANARIES[2]})
+    audit = repr(workbench.sql("SELECT * FROM audit_events ORDER BY id"))
+    assert not any(c in audit for c in CANARIES)

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from batchbridge.cli.steward_views import age
 from batchbridge.errors import StewardError
 from batchbridge.ledger.models import AuditEvent, QuarantinedRow
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.csv_files import REASONS_COLUMN
+from batchbridge.steward.queue import quarantined_age as age
 from tests.support.steward import LocalLabFeed
 from tests.unit.steward_cli_helpers import CANARIES, _cli, _listed, _no_canary
 
@@ -131,7 +131,7 @@ def test_listings_and_reports_are_audited(
     assert events == [("list", "quarantined_row"), ("report", "file"), ("report", "run")]
     listing = _audit(lab)[0]
     assert listing.details == {
-        "filters": {"reason": "unmapped_code", "status": "quarantined", "limit": 100},
+        "filters": {"reason": "unmapped_code", "status": "quarantined", "offset": 0, "limit": 100},
         "matched": 2,
     }
     assert sorted(listing.object_ids) == sorted(str(r["id"]) for r in rows)

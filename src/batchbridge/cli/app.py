@@ -30,6 +30,7 @@ from batchbridge.cli import (
     run,
     runs,
     server,
+    steward_serve,
 )
 from batchbridge.cli.output import print_error
 from batchbridge.cli.prefect_env import set_prefect_defaults
@@ -113,6 +114,7 @@ app.command("deploy", help="Generate deployments/prefect.yaml from the feeds (--
 )
 app.add_typer(onboard.app, name="onboard")
 app.add_typer(server.app, name="server")
+app.add_typer(steward_serve.app, name="steward")
 app.command("demo", help="End-to-end demo on embedded defaults (SFTP, SQLite, Prefect).")(
     demo.demo_command
 )

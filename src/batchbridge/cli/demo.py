@@ -17,6 +17,9 @@ from batchbridge.ledger.run_report import render_text
 
 DEMO_STEWARD = "demo.steward@example.org"
 DEMO_SEED = 7
+# `steward serve` reads the local login's users beside the feeds folder by default.
+WEB_USERS_FILE = "web-users.yaml"
+WORKBENCH_PORT = 8765
 
 DEMO_BAD_ROWS = {
     "bad_npi": 4,
@@ -139,6 +142,9 @@ def run_demo(*, rows: int, workdir: Path, as_json: bool, fresh: bool = False) ->
             print(line)
         for line in steward_commands(workdir, scenario.config_dir, Path.cwd(), cli_script()):
             print(line)
+        password = demo_login(workdir / WEB_USERS_FILE)
+        for line in workbench_lines(scenario.config_dir, Path.cwd(), cli_script(), password):
+            print(line)
         return first or second
     finally:
         server.stop()
@@ -195,6 +201,55 @@ def steward_commands(workdir: Path, config_dir: Path, cwd: Path, script: Path) -
         "  " + cli.format('quarantine release ID --why "demo"'),
         "  " + cli.format("audit verify"),
         "  (the next `batchbridge demo` keeps all this and adds a file; --fresh starts over)",
+    ]
+
+
+def demo_login(users_file: Path) -> str:
+    """A new password for the demo steward's local login; only its argon2 hash is written.
+
+    A new one each demo run, since the hash cannot be turned back into the password to
+    print again; other people someone added to the file are kept.
+    """
+    # argon2 and YAML load only here, at the end of a demo.
+    import secrets
+
+    import yaml
+
+    from batchbridge.web.auth.local import hash_password
+
+    password = secrets.token_urlsafe(12)
+    users: dict[str, str] = {}
+    if users_file.exists():
+        users = dict(
+            (yaml.safe_load(users_file.read_text(encoding="utf-8")) or {}).get("users") or {}
+        )
+    users[DEMO_STEWARD] = hash_password(password)
+    users_file.write_text(yaml.safe_dump({"users": users}, sort_keys=False), encoding="utf-8")
+    users_file.chmod(0o600)
+    return password
+
+
+def workbench_lines(config_dir: Path, cwd: Path, script: Path, password: str) -> list[str]:
+    """How to open the steward workbench on the demo: the command, the URL, the login.
+
+    The demo does not start it: `make demo` ends when its runs are done, and a server in
+    the foreground would never end it (nor belong in its output). The password is printed
+    here once and written nowhere else (the users file holds its hash).
+    """
+
+    def shown(path: Path) -> str:
+        try:
+            return str(path.relative_to(cwd))
+        except ValueError:
+            return str(path)
+
+    return [
+        "demo: the same work in the browser, as the steward workbench (local login, this "
+        "machine only; with the export above):",
+        f"  {shown(script)} steward serve --port {WORKBENCH_PORT} --config-dir {shown(config_dir)}",
+        f"  open http://127.0.0.1:{WORKBENCH_PORT}/ and sign in as {DEMO_STEWARD}",
+        f"  password: {password}   (new on every demo run; only its hash is kept, in "
+        f"{shown(config_dir.parent / WEB_USERS_FILE)})",
     ]
 
 

@@ -16,7 +16,7 @@ from batchbridge.cli.output import print_json
 from batchbridge.cli.params import ConfigDirOption, JsonOption
 from batchbridge.config.settings import load_settings
 from batchbridge.ledger.models import RunStatus
-from batchbridge.ledger.run_report import format_count, short_id
+from batchbridge.ledger.run_report import duration, format_count, short_id
 from batchbridge.ledger.runs_query import (
     COUNT_KEYS,
     RELEASE_KIND,
@@ -77,18 +77,6 @@ def ledger_session(config_dir: ConfigDirOption) -> Iterator[Session]:
             yield session
     finally:
         store.engine.dispose()
-
-
-def duration(seconds: float | None) -> str:
-    """`4.2s`, `3m05s`, `2h07m`; "-" when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def kind_word(kind: str) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from batchbridge.ledger.quarantine_store import FileBalance, QuarantinePage, QuarantineSummary
+from batchbridge.steward.queue import quarantined_age
 from batchbridge.steward.service import ShownRow
 
 
@@ -26,18 +26,6 @@ def summary_dict(row: QuarantineSummary) -> dict[str, Any]:
     }
 
 
-def age(moment: datetime | None, now: datetime | None = None) -> str:
-    """How long ago, in the largest whole unit: 45s, 12m, 5h, 3d."""
-    if moment is None:
-        return "-"
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    seconds = max(0, int(((now or datetime.now(UTC)) - moment).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def render_listing(page: QuarantinePage) -> str:
     """One line per row: id, where it came from, status, age and reasons (never values)."""
     rows = page.rows
@@ -50,7 +38,7 @@ def render_listing(page: QuarantinePage) -> str:
     for r in rows:
         lines.append(
             f"{r.id:>7}  {r.tenant[:14]:<14} {r.feed[:14]:<14} {r.file_name[:36]:<36} "
-            f"{r.row_number:>7}  {r.shown_status:<11} {age(r.quarantined_at):>4}  "
+            f"{r.row_number:>7}  {r.shown_status:<11} {quarantined_age(r.quarantined_at):>4}  "
             f"{', '.join(r.reasons)}"
         )
     if page.total > len(rows):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from batchbridge.errors import AuditChainError
@@ -162,3 +163,61 @@ def require_intact_chain(session: Session) -> ChainReport:
     if not report.ok:
         raise AuditChainError("; ".join(report.problems))
     return report
+
+
+OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+"""What an object id a query may ask for looks like: row numbers, uuids, feed names."""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which audit events to list (newest first); every given field narrows."""
+
+    tenants: Sequence[str]
+    actor: str | None = None
+    action: str | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+    exclude_actions: Sequence[str] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    offset: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """The listed events and how many matched in all."""
+
+    events: list[AuditEvent]
+    total: int
+
+
+def find_events(session: Session, where: EventFilter) -> EventPage:
+    """Events of `where.tenants` matching every filter, newest first, one page of them."""
+    query = select(AuditEvent).where(AuditEvent.tenant.in_(list(where.tenants)))
+    for column, wanted in (
+        (AuditEvent.actor, where.actor),
+        (AuditEvent.action, where.action),
+        (AuditEvent.object_type, where.object_type),
+    ):
+        if wanted is not None:
+            query = query.where(column == wanted)
+    if where.exclude_actions:
+        query = query.where(AuditEvent.action.not_in(list(where.exclude_actions)))
+    if where.object_id is not None:
+        if not OBJECT_ID.fullmatch(where.object_id):
+            return EventPage(events=[], total=0)
+        # object_ids is a JSON list of strings: '"<id>"' in its text is exactly one element
+        # equal to the id (ids of OBJECT_ID's characters need no JSON escaping). `_` is a
+        # LIKE wildcard: escaped. Text the same way on SQLite and PostgreSQL.
+        quoted = json.dumps(where.object_id).replace("_", "\\_")
+        query = query.where(cast(AuditEvent.object_ids, Text).like(f"%{quoted}%", escape="\\"))
+    # UTC: SQLite keeps the ledger's UTC times without their offset.
+    if where.since is not None:
+        query = query.where(AuditEvent.at >= where.since.astimezone(UTC))
+    if where.until is not None:
+        query = query.where(AuditEvent.at < where.until.astimezone(UTC))
+    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    page = query.order_by(AuditEvent.id.desc()).offset(max(where.offset, 0)).limit(where.limit)
+    return EventPage(events=list(session.scalars(page)), total=total)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TypeVarTuple
 
-from sqlalchemy import Exists, exists, func, select
+from sqlalchemy import Exists, Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from batchbridge.errors import StewardError
@@ -41,6 +43,10 @@ class QuarantineFilter:
     reason: str | None = None
     status: str | None = QuarantineStatus.QUARANTINED
     ids: Sequence[int] | None = None
+    quarantined_before: datetime | None = None
+    """Only rows quarantined before this instant (older than an age)."""
+    quarantined_after: datetime | None = None
+    """Only rows quarantined at or after this instant (younger than an age)."""
 
 
 @dataclass(frozen=True)
@@ -142,14 +148,16 @@ def check_status(status: str | None) -> None:
         raise StewardError(f"unknown status {status!r} (known: {', '.join(LISTING_STATUSES)})")
 
 
+_Row = TypeVarTuple("_Row")
+
+
 def _has_edits() -> Exists:
     return exists().where(QuarantineEdit.quarantine_id == QuarantinedRow.id)
 
 
-def find_rows(session: Session, where: QuarantineFilter) -> list[QuarantinedRow]:
-    """Rows matching every given filter, in (file, row number) order."""
+def _filtered(query: Select[*_Row], where: QuarantineFilter) -> Select[*_Row]:
+    """`query` narrowed by every filter but the reason (a JSON list: matched in Python)."""
     check_status(where.status)
-    query = select(QuarantinedRow)
     if where.tenants is not None:
         query = query.where(QuarantinedRow.tenant.in_(list(where.tenants)))
     if where.feed is not None:
@@ -164,12 +172,53 @@ def find_rows(session: Session, where: QuarantineFilter) -> list[QuarantinedRow]
         query = query.where(QuarantinedRow.status == where.status)
     if where.ids is not None:
         query = query.where(QuarantinedRow.id.in_(list(where.ids)))
-    query = query.order_by(QuarantinedRow.file_id, QuarantinedRow.row_number)
-    rows = list(session.scalars(query))
+    # UTC: SQLite keeps the ledger's UTC times without their offset.
+    if where.quarantined_before is not None:
+        query = query.where(QuarantinedRow.created_at < where.quarantined_before.astimezone(UTC))
+    if where.quarantined_after is not None:
+        query = query.where(QuarantinedRow.created_at >= where.quarantined_after.astimezone(UTC))
+    return query.order_by(QuarantinedRow.file_id, QuarantinedRow.row_number)
+
+
+def find_rows(session: Session, where: QuarantineFilter) -> list[QuarantinedRow]:
+    """Rows matching every given filter, in (file, row number) order."""
+    rows = list(session.scalars(_filtered(select(QuarantinedRow), where)))
     # Reasons are a JSON list: filtered here, the same way on SQLite and PostgreSQL.
     if where.reason is not None:
         rows = [row for row in rows if reason_matches(row.reasons, where.reason)]
     return rows
+
+
+@dataclass(frozen=True)
+class QuarantineSlice:
+    """One page of matching rows, how many match in all, and their reasons counted."""
+
+    rows: list[QuarantinedRow]
+    total: int
+    reason_counts: dict[str, int]
+
+
+def find_slice(
+    session: Session, where: QuarantineFilter, *, offset: int, limit: int
+) -> QuarantineSlice:
+    """Rows `offset` to `offset + limit` of find_rows' order, the total and reason counts.
+
+    Only ids and reasons of the whole selection are read; ciphertexts only for the page.
+    """
+    light = select(QuarantinedRow.id, QuarantinedRow.reasons)
+    matched = [
+        (int(row_id), list(reasons))
+        for row_id, reasons in session.execute(_filtered(light, where))
+        if where.reason is None or reason_matches(reasons, where.reason)
+    ]
+    counts: Counter[str] = Counter(reason for _, reasons in matched for reason in reasons)
+    page = [row_id for row_id, _ in matched[max(offset, 0) : max(offset, 0) + max(limit, 0)]]
+    found = rows_by_id(session, page)
+    return QuarantineSlice(
+        rows=[found[i] for i in page if i in found],
+        total=len(matched),
+        reason_counts=dict(sorted(counts.items(), key=lambda item: (-item[1], item[0]))),
+    )
 
 
 def rows_by_id(session: Session, ids: Sequence[int]) -> dict[int, QuarantinedRow]:

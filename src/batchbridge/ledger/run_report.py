@@ -172,3 +172,15 @@ def render_text(report: RunReport) -> str:
         lines.append("* file was seen by an earlier run (rerun)")
     lines.append(f"details: {show_command(report.run_id)}")
     return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    """`4.2s`, `3m05s`, `2h07m`; "-" when unknown (still running, or it died)."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"

@@ -151,6 +151,15 @@ class StewardAccess:
         except FeedNotFoundError:
             return None
 
+    def confirmed_filters(self, *, feed: str | None, reason: str | None, matched: int) -> list[str]:
+        """Which free-text filters the data confirmed (see steward.audited_filters)."""
+        confirmed = []
+        if feed is not None and self._feed_tenant(feed) is not None:
+            confirmed.append("feed")
+        if reason is not None and matched > 0:
+            confirmed.append("reason")  # it matched rows: it is one of their reason codes
+        return confirmed
+
     def feed_for(self, feed: str, tenant: str) -> FeedContext:
         return feed_context(feed, self.config_dir, tenant=tenant)
 

@@ -92,6 +92,20 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def validation_context(
+    ctx: FeedContext, file: LedgerFile, mappings: dict[str, pl.DataFrame]
+) -> ValidationContext:
+    """The facts a file's rows are validated with today: its date, the feed's zone, `mappings`."""
+    config = ctx.loaded.config
+    seen = _aware(file.first_seen_at).astimezone(ZoneInfo(config.timezone)).date()
+    return ValidationContext(
+        tenant=config.tenant,
+        file_date=file_date_from_name(file.name, seen),
+        timezone=config.timezone,
+        mappings=mappings,
+    )
+
+
 @dataclass
 class FeedRelease:
     """Releases one feed's rows under one ledger run, file by file."""
@@ -112,14 +126,7 @@ class FeedRelease:
         try:
             decrypted = [(row.row_number, self.ctx.decrypt(row)) for row in rows]
             stage = "validate"
-            config = self.ctx.loaded.config
-            seen = _aware(file.first_seen_at).astimezone(ZoneInfo(config.timezone)).date()
-            vctx = ValidationContext(
-                tenant=config.tenant,
-                file_date=file_date_from_name(file.name, seen),
-                timezone=config.timezone,
-                mappings=self.mappings,
-            )
+            vctx = validation_context(self.ctx, file, self.mappings)
             frame = rows_frame(decrypted, self.ctx.schema.columns)
             del decrypted  # patient values: the frame is all that is needed from here
             checked = _revalidate(frame, self.ctx.schema, vctx)

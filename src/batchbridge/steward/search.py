@@ -33,7 +33,7 @@ class RecordSearch(StewardAccess):
             )
             if feed is not None:
                 query = query.where(QuarantinedRow.feed == feed)
-            feeds = sorted(set(s.execute(query.distinct()).tuples()))
+            feeds = sorted({(name, tenant) for name, tenant in s.execute(query.distinct())})
         matched: dict[str, list[int]] = defaultdict(list)
         for feed_name, tenant in feeds:
             ctx = self.feed_for(feed_name, tenant)

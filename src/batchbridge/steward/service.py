@@ -1,8 +1,10 @@
 """Data stewards' work on quarantined rows: every look, fix and release checked and audited.
 
-`StewardService` is the whole API (CLI, replay flow and tests use it). Access rules
-are in steward_access, the CSV round trip in steward_exchange, key rotation in
-steward_keys, release mechanics in steward_release. Audit events carry who, when,
+`StewardService` is the whole API (CLI, web workbench, replay flow and tests use it).
+Access rules are in steward.access, the CSV round trip in steward.exchange, key
+rotation in steward.keys, release mechanics in steward.release, the workbench's queue
+and bulk selections in steward.queue and steward.bulk, the fix preview in
+steward.preview, audit history in steward.history. Audit events carry who, when,
 action, tenant, ids, column names and the person's reason: never a value.
 """
 
@@ -16,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from batchbridge.config.settings import Settings
-from batchbridge.config.stewards import current_actor, open_directory, required_role
+from batchbridge.config.stewards import current_actor, open_directory
 from batchbridge.errors import StewardError
 from batchbridge.ledger.audit import append_event
 from batchbridge.ledger.models import (
@@ -28,7 +30,6 @@ from batchbridge.ledger.models import (
 from batchbridge.ledger.quarantine_store import (
     EditSummary,
     FileBalance,
-    QuarantineFilter,
     QuarantinePage,
     QuarantineSummary,
     balance_of,
@@ -36,15 +37,15 @@ from batchbridge.ledger.quarantine_store import (
     edits_of,
     encrypted_of,
     file_names,
-    find_rows,
-    summarize,
 )
 from batchbridge.ledger.store import LedgerStore
 from batchbridge.steward.access import ROW
-from batchbridge.steward.csv_files import safe_names
+from batchbridge.steward.bulk import BulkActions
 from batchbridge.steward.exchange import CsvExchange
+from batchbridge.steward.history import AuditView
 from batchbridge.steward.keys import KeyRotation
-from batchbridge.steward.search import RecordSearch
+from batchbridge.steward.preview import FixPreviewing, check_columns
+from batchbridge.steward.queue import QueueView
 
 __all__ = ["ShownRow", "StewardService", "mask"]
 
@@ -84,7 +85,7 @@ class ShownRow:
     edits: list[EditSummary] = field(repr=False, default_factory=list)
 
 
-class StewardService(CsvExchange, KeyRotation, RecordSearch):
+class StewardService(QueueView, BulkActions, FixPreviewing, AuditView, CsvExchange, KeyRotation):
     """What a data steward can do with quarantined rows; one instance acts as one person."""
 
     @classmethod
@@ -136,51 +137,17 @@ class StewardService(CsvExchange, KeyRotation, RecordSearch):
         `record_id` finds rows by their exact record id (audited as a search, see
         steward.search); the other filters narrow further.
         """
-        if tenant is not None:
-            self.require(tenant, "list", "tenant", [tenant])
-            tenants = [tenant]
-        else:
-            tenants = self.directory.tenants(self.actor, required_role("list"))
-        if feed is not None and (feed_tenant := self._feed_tenant(feed)) is not None:
-            self.require(feed_tenant, "list", "feed", [feed])
-        ids = None
-        if record_id is not None:
-            ids = self.find_record_ids(record_id, tenants=tenants, feed=feed)
-        where = QuarantineFilter(
-            tenants=tenants,
+        page = self.listing(
+            tenant=tenant,
             feed=feed,
             file_id=file_id,
             run_id=run_id,
             reason=reason,
             status=status,
-            ids=ids,
+            record_id=record_id,
+            limit=limit,
         )
-        with self.store.session() as s:
-            found = find_rows(s, where)
-            shown = summarize(s, found if limit is None else found[:limit])
-            filters = {
-                name: value
-                for name, value in (
-                    ("feed", feed),
-                    ("file_id", file_id),
-                    ("run_id", run_id),
-                    ("reason", reason),
-                    ("status", status),
-                    ("limit", limit),
-                )
-                if value is not None
-            }
-            for listed_tenant in tenants:
-                append_event(
-                    s,
-                    actor=self.actor,
-                    action="list",
-                    tenant=listed_tenant,
-                    object_type=ROW,
-                    object_ids=[r.id for r in shown if r.tenant == listed_tenant],
-                    details={"filters": filters, "matched": len(found)},
-                )
-        return QuarantinePage(rows=shown, total=len(found))
+        return QuarantinePage(rows=page.rows, total=page.total)
 
     def show(self, quarantine_id: int) -> ShownRow:
         """A row with masked values (first character + length), its reasons and edits."""
@@ -250,22 +217,27 @@ class StewardService(CsvExchange, KeyRotation, RecordSearch):
 
     # fixing -------------------------------------------------------------------------------
 
-    def fix(self, quarantine_id: int, changes: dict[str, str], *, why: str | None = None) -> None:
-        """Set column values of a quarantined row; who, when and before/after are recorded."""
+    def fix(
+        self,
+        quarantine_id: int,
+        changes: dict[str, str],
+        *,
+        why: str | None = None,
+        source: str = "cli",
+    ) -> list[str]:
+        """Set column values of a quarantined row; who, when and before/after are recorded.
+
+        `source` says where the fix was made (cli, web). Returns the columns really changed.
+        """
         if not changes:
             raise StewardError("nothing to change: give at least one column=value")
         row = self._row(quarantine_id, "fix")
         self._require_quarantined(row)
         ctx = self.feed_for(row.feed, row.tenant)
-        unknown = sorted(set(changes) - set(ctx.schema.columns))
-        if unknown:
-            raise StewardError(
-                f"unknown column(s) {safe_names(unknown)} for feed {row.feed} "
-                f"(columns: {', '.join(ctx.schema.columns)})"
-            )
+        check_columns(ctx, row.feed, changes)
         with self.store.session() as s:
             locked = self._locked(s, [quarantine_id])[quarantine_id]
-            changed = self._apply(s, ctx, locked, changes, source="cli")
+            changed = self._apply(s, ctx, locked, changes, source=source)
             if changed:
                 append_event(
                     s,
@@ -277,6 +249,7 @@ class StewardService(CsvExchange, KeyRotation, RecordSearch):
                     reason=why,
                     details={"columns": changed},
                 )
+        return changed
 
     def discard(self, quarantine_id: int, *, reason: str) -> None:
         """Settle a row for good without loading it (terminal); the reason is required."""

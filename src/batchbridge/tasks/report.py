@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -12,9 +14,27 @@ from batchbridge.ledger.run_report import format_count as fmt
 from batchbridge.steward.release_report import ReleaseReport, render_release_markdown
 from batchbridge.tasks.guard import stage_task
 
+WORKBENCH_URL_ENV = "BATCHBRIDGE_WORKBENCH_URL"
+"""Where stewards reach the workbench (its public https URL); unset: no link in the report."""
 
-def render_markdown(report: RunReport) -> str:
-    """The Prefect artifact: a summary line, a table per file, reasons."""
+
+def workbench_queue_url(run_id: str, base_url: str | None = None) -> str | None:
+    """The workbench queue filtered by this run: ids only, so no PHI reaches a URL.
+
+    `base_url` defaults to $BATCHBRIDGE_WORKBENCH_URL; None when neither is set, or when
+    it is not an http(s) URL (a typo must not become a link to somewhere else).
+    """
+    base = (base_url if base_url is not None else os.environ.get(WORKBENCH_URL_ENV, "")).strip()
+    if not base or urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc:
+        return None
+    return f"{base.rstrip('/')}/queue?run={quote(run_id, safe='')}"
+
+
+def render_markdown(report: RunReport, workbench_url: str | None = None) -> str:
+    """The Prefect artifact: a summary line, a table per file, reasons.
+
+    `workbench_url` overrides $BATCHBRIDGE_WORKBENCH_URL (tests).
+    """
     header = f"# {report.feed} run `{report.run_id}`: **{report.status}**" + (
         " (rerun)" if report.is_rerun else ""
     )
@@ -50,6 +70,10 @@ def render_markdown(report: RunReport) -> str:
     # The way back from the Prefect UI to the ledger: the run's id and the command.
     ledger = f"Ledger run `{report.run_id}`: `{show_command(report.run_id)}` shows every stage."
     parts = [header, "", ledger, "", f"Totals: {totals}", "", *rows]
+    queue = workbench_queue_url(report.run_id, workbench_url)
+    if queue and any(f.rows_quarantined for f in report.files):
+        # The way on for the rows this run quarantined: the steward workbench's queue.
+        parts[4:4] = [f"Quarantined rows of this run: [steward workbench queue]({queue})", ""]
     if report.notes:
         parts += ["", *(f"> {note}" for note in report.notes)]
     if report.error:
