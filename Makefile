@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test unit lint bench scale-out clean
+.PHONY: install system-deps fhir-server demo test unit lint bench scale-out clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ demo: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
+# The real FHIR R4 server the FHIR tests run against (Medplum's FHIR router from npm), cached
+# in ~/.cache/batchbridge/medplum-fhir-<hash of its package-lock>; a no-op once installed.
+fhir-server:
+	bash scripts/fhir-server.sh
+
 # lint-imports checks the rooms' one-way imports ([tool.importlinter] in pyproject.toml);
 # its graph takes a fraction of a second, so no cache folder is kept.
 lint: $(STAMP)
@@ -28,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache --no-logo
 
-test: system-deps lint
+test: system-deps fhir-server lint
 	$(BIN)/pytest
 
 # Full crash/fault/hostile-input/PHI suites (a quick subset runs in `make test`).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system programs the integration tests start (sshd, PostgreSQL, gpg, a headless
-# Chromium for the workbench's browser tests) when missing.
+# Chromium for the workbench's browser tests, npm for the real FHIR server that
+# scripts/fhir-server.sh installs) when missing.
 # Used by `make test` and `.ci/run`; a no-op when everything is present.
 set -euo pipefail
 
@@ -15,6 +16,8 @@ fi
 if ! command -v chromium-headless-shell >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then
     need+=(chromium-headless-shell)
 fi
+# npm fetches the FHIR test server and a Node.js 22 of its own (any Node.js runs npm).
+command -v npm >/dev/null 2>&1 || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 SUDO=""
