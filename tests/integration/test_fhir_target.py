@@ -1,4 +1,5 @@
-"""FhirTarget against the FHIR test server process: idempotence, retries, rejections, OAuth2."""
+"""FhirTarget against the FHIR test server process: idempotence, retries, rejections, OAuth2,
+full snapshots."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from batchbridge.validations.base import (
     ValidationContext,
 )
 from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from batchbridge.validations.schemas.patient_roster import SCHEMA as PATIENT_ROSTER
 from tests.support.fhir_server import FhirServerProcess, start_fhir_server
+from tests.support.medplum_fhir import FhirTenant
 from tests.unit.feed_helpers import write_feed
 
 pytestmark = pytest.mark.integration
@@ -106,9 +110,10 @@ def target_for(
         "sleep": sleep,
     }
     options.update(kwargs)
-    target = FhirTarget(
-        "fhir", server.base_url, LAB_RESULTS, IDENTITY, LAB_TARGET_COLUMNS, auth=auth, **options
-    )
+    schema = options.pop("schema", LAB_RESULTS)
+    identity = options.pop("identity", IDENTITY)
+    columns = options.pop("columns", LAB_TARGET_COLUMNS)
+    target = FhirTarget("fhir", server.base_url, schema, identity, columns, auth=auth, **options)
     _OPEN.append(target)
     return target, sleep
 
@@ -324,6 +329,9 @@ def test_the_feed_config_opens_a_working_target_and_health_check(
     rows = lab_rows(60)
 
     target.check_writable("acme_lab")
+    assert target.probe_health("acme_lab").endswith(
+        "one count-only search with a bearer token from the token endpoint; nothing written"
+    )
     result = target.load(request(rows))
     target.close()
 
@@ -349,3 +357,103 @@ def test_the_store_survives_a_restart_with_a_state_file(tmp_path: Path) -> None:
         target.close()
         assert result.rows_unchanged == rows.height
         assert server.stats()["resources"]["Observation"] == rows.height
+
+
+# -- full snapshots -------------------------------------------------------------------------
+
+ROSTER_IDENTITY = FhirIdentity(
+    "urn:batchbridge:riverside:patient_roster", IDENTITY.patient_identifier_system
+)
+
+
+def roster_request(*members: str, kept: tuple[str, ...] = ()) -> LoadRequest:
+    rows = pl.DataFrame(
+        {
+            "member_id": list(members),
+            "patient_key": [f"pk-{m}" for m in members],
+            "given": ["Jo"] * len(members),
+            "family": [CANARY] * len(members),
+            ROW_COLUMN: list(range(1, len(members) + 1)),
+        },
+        schema_overrides={ROW_COLUMN: pl.UInt32},
+    )
+    return LoadRequest(
+        tenant="riverside",
+        natural_key=("member_id",),
+        load_id=secrets.token_hex(4),
+        file_id="F1",
+        rows=rows,
+        full_snapshot=True,
+        kept_keys=pl.DataFrame({"member_id": list(kept)}, schema={"member_id": pl.String}),
+    )
+
+
+def test_a_full_roster_pages_and_marks_absent_patients_on_their_version(
+    fhir_server: FhirServerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("batchbridge.connectors.targets.fhir.snapshot.SNAPSHOT_PAGE", 3)
+    target, sleep = target_for(
+        fhir_server,
+        schema=PATIENT_ROSTER,
+        identity=ROSTER_IDENTITY,
+        columns=["patient_key", "given", "family"],
+    )
+    members = [f"M{i:02d}" for i in range(1, 11)]
+    assert target.load(roster_request(*members)).rows_inserted == 10
+
+    fhir_server.add_fault(503, retry_after="0")  # the server is busy once: retried
+    with caplog.at_level(logging.DEBUG):
+        second = target.load(roster_request("M02", "M05", kept=("M07",)))
+
+    assert (second.rows_unchanged, second.rows_inactivated) == (2, 7)
+    assert sleep.waits == [0.0]
+    patients = {p["identifier"][0]["value"]: p for p in fhir_server.resources("Patient")}
+    assert len(patients) == 10
+    inactive = {m for m, p in patients.items() if p["active"] is False}
+    assert inactive == set(members) - {"M02", "M05", "M07"}
+    assert {patients[m]["meta"]["versionId"] for m in inactive} == {"2"}
+    assert all(patients[m]["name"] == [{"family": CANARY, "given": ["Jo"]}] for m in inactive)
+    assert fhir_server.stats()["updates"] == 7
+    assert CANARY not in caplog.text
+
+    fhir_server.expire_tokens()
+    third = target.load(roster_request(*members))
+    assert (third.rows_updated, third.rows_unchanged, third.rows_inactivated) == (7, 3, 0)
+    assert all(p["active"] is True for p in fhir_server.resources("Patient"))
+    assert fhir_server.stats()["tokens_issued"] == 2
+
+
+def test_a_full_roster_on_a_real_fhir_server(
+    real_fhir: FhirTenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on Medplum: its `_tag` and `identifier=<system>|` searches, absolute next
+    links, versionId in meta but no ETag on reads, 412 on a stale If-Match, and a PUT
+    without meta.tag dropping the tags (why every write sends the tenant tag)."""
+    monkeypatch.setattr("batchbridge.connectors.targets.fhir.snapshot.SNAPSHOT_PAGE", 3)
+    columns = ["patient_key", "given", "family"]
+
+    def opened(name: str) -> FhirTarget:
+        target = FhirTarget(name, real_fhir.base_url, PATIENT_ROSTER, ROSTER_IDENTITY, columns,
+                            bundle_size=4, max_attempts=2, sleep=lambda _s: None)  # fmt: skip
+        _OPEN.append(target)
+        return target
+
+    other = roster_request("B1", "B2")
+    assert opened("other").load(replace(other, tenant="bayside")).rows_inserted == 2
+    target = opened("fhir")
+    members = [f"M{i:02d}" for i in range(1, 8)]
+    assert target.load(roster_request(*members)).rows_inserted == 7
+
+    second = target.load(roster_request("M02", "M05", kept=("M07",)))
+
+    assert second.rows_inactivated == 4
+    active = {p["identifier"][0]["value"]: p["active"] for p in real_fhir.resources("Patient")}
+    assert active == {
+        "B1": True, "B2": True, "M01": False, "M02": True, "M03": False, "M04": False,
+        "M05": True, "M06": False, "M07": True,
+    }  # fmt: skip
+    third = target.load(roster_request(*members))
+    assert third.rows_inactivated == 0 and third.rows_inserted == 0
+    assert all(p["active"] is True for p in real_fhir.resources("Patient"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from batchbridge.connectors.targets.sftp_out import POSIX_RENAME, SftpTarget
 from batchbridge.demo.keys import generate_ed25519, write_secret_file
 from batchbridge.demo.sftp_server import EmbeddedSftpServer, start_sftp_server
 from batchbridge.errors import ConfigError, TargetError
+from batchbridge.monitoring.health_targets import check_target
 from tests.plugins.gpg import GpgTestKeys
 from tests.support.sshd import SshdServer
 from tests.unit.feed_helpers import write_feed
@@ -411,3 +413,67 @@ def test_a_server_without_posix_rename_still_gets_the_file_replaced(
         assert counts(target.load(request(changed))) == (0, 0, 4, 0, 4)
     assert sorted(p.name for p in inbox.iterdir()) == [NAME]
     assert (inbox / NAME).read_bytes() == render_csv(expected_extract(changed))
+
+
+# -- health probe --------------------------------------------------------------------
+
+
+def test_the_health_probe_writes_renames_sizes_and_deletes_a_probe_file(
+    sshd_server: SshdServer, config: SftpTargetConfig, target: SftpTarget
+) -> None:
+    (Path(config.remote_dir) / "waiting.csv").write_text("a file the receiver has not taken\n")
+    steps: list[str] = []
+    session = target._session
+    run = session.run
+
+    def recording(action: str, operation: Any) -> Any:
+        steps.append(action.split(" in ")[0])
+        return run(action, operation)
+
+    session.run = recording  # type: ignore[method-assign]
+
+    detail = target.probe_health("acme_lab")
+
+    assert listing(config) == ["waiting.csv"]  # the probe left nothing, touched nothing else
+    assert [re.sub(r"[0-9a-f]{12}", "*", step) for step in steps] == [
+        "health probe: write .batchbridge-health-*.part",
+        "health probe: rename .batchbridge-health-*.part to .batchbridge-health-*",
+        "health probe: check the size of .batchbridge-health-*",
+        "health probe: delete .batchbridge-health-*",
+    ]
+    where = f"{config.host}:{config.port}"
+    assert detail.startswith(f"in {config.remote_dir} on {where}: wrote a ")
+    assert detail.endswith(
+        "renamed it to " + steps[-1].split()[-1] + ", checked its size, deleted it"
+    )
+
+
+def test_the_health_check_probes_an_sftp_target_from_the_feed(
+    sshd_server: SshdServer, tmp_path: Path
+) -> None:
+    outbox = sshd_server.root / f"outbox-{secrets.token_hex(4)}"
+    outbox.mkdir()
+    target = {"name": "partner_drop", "kind": "sftp", **sshd_server.login(),
+              "remote_dir": str(outbox), "columns": COLUMNS}  # fmt: skip
+    loaded = load_feed("lab_results", write_feed(tmp_path / "feed", extra={"targets": [target]}))
+
+    (result,) = check_target(loaded, loaded.config.targets[0])
+
+    assert (result.name, result.severity) == ("target.partner_drop", "ok")
+    assert "canary" not in result.detail and "deleted it" in result.detail
+    assert list(outbox.iterdir()) == []
+
+
+def test_a_failed_probe_step_names_the_step_and_the_server(sshd_server: SshdServer) -> None:
+    config = target_config(sshd_server)
+    Path(config.remote_dir).rmdir()
+    with (
+        SftpTarget(config, feed="lab_results") as target,
+        pytest.raises(TargetError) as caught,
+    ):
+        target.probe_health("acme_lab")
+    message = str(caught.value)
+    assert caught.value.reason == "remote_missing"
+    assert message.startswith("target partner_drop: health probe: write .batchbridge-health-")
+    assert f"on {config.host}:{config.port}: no such file or folder" in message
+    assert config.private_key not in message

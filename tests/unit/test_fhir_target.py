@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import types
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -18,17 +20,22 @@ from pydantic import SecretStr
 from batchbridge.config import load_feed
 from batchbridge.connectors.targets.base import LoadRequest
 from batchbridge.connectors.targets.fhir import ClientCredentials, FhirTarget, check_fhir_url
+from batchbridge.connectors.targets.fhir.snapshot import TENANT_TAG_SYSTEM
+from batchbridge.connectors.targets.fhir.wire import next_link
 from batchbridge.connectors.targets.registry import open_fhir_target, open_target
 from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN, FhirIdentity
 from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from batchbridge.validations.schemas.patient_roster import SCHEMA as PATIENT_ROSTER
 from tests.support.fhir_server import (
     FhirFailure,
     ServerState,
     operation_outcome,
+    read_resource,
     run_transaction,
     search,
+    update_by_id,
 )
 from tests.unit.feed_helpers import write_feed
 
@@ -79,6 +86,10 @@ class FakeFhir:
         self.planned: list[httpx.Response | Exception] = []
         self.valid_tokens: set[str] = set()
         self.tokens_issued = 0
+        # Hooks a test sets: run before each PUT by id (another writer), or on a read.
+        self.before_put: Callable[[str, str], None] | None = None
+        self.on_read: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.drop_tags = False  # a server that throws meta.tag away
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -103,9 +114,24 @@ class FakeFhir:
             return httpx.Response(401, json=operation_outcome("login", "bad token"))
         try:
             if req.method == "POST" and req.url.path == "/fhir":
-                return httpx.Response(
-                    200, json=run_transaction(self.state, json.loads(req.content))
-                )
+                bundle = json.loads(req.content)
+                if self.drop_tags:
+                    for entry in bundle["entry"]:
+                        entry["resource"].pop("meta", None)
+                return httpx.Response(200, json=run_transaction(self.state, bundle))
+            parts = req.url.path.removeprefix("/fhir/").split("/")
+            if len(parts) == 2 and req.method == "GET":
+                resource = read_resource(self.state, parts[0], parts[1])
+                if self.on_read is not None:
+                    resource = self.on_read(resource)
+                return httpx.Response(200, json=resource, headers=etag(resource))
+            if len(parts) == 2 and req.method == "PUT":
+                if self.before_put is not None:
+                    self.before_put(parts[0], parts[1])
+                body = json.loads(req.content)
+                if_match = req.headers.get("If-Match")
+                status, stored = update_by_id(self.state, parts[0], parts[1], body, if_match)
+                return httpx.Response(status, json=stored, headers=etag(stored))
             if req.method == "GET" and req.url.path == "/fhir/metadata":
                 return httpx.Response(
                     200, json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
@@ -121,11 +147,20 @@ class FakeFhir:
     def transactions(self) -> list[httpx.Request]:
         return [c for c in self.calls if c.method == "POST" and c.url.path == "/fhir"]
 
+    def puts(self) -> list[httpx.Request]:
+        return [c for c in self.calls if c.method == "PUT"]
+
+
+def etag(resource: dict[str, Any]) -> dict[str, str]:
+    return {"ETag": f'W/"{resource["meta"]["versionId"]}"'}
+
 
 def make_target(fake: FakeFhir, **kwargs: Any) -> tuple[FhirTarget, list[float]]:
     sleeps: list[float] = []
     options: dict[str, Any] = {
         "bundle_size": 10,
+        # The transaction protocol alone; the search before each Bundle has tests of its own.
+        "compare_before_write": False,
         "max_attempts": 3,
         "max_retry_after": 5.0,
         "transport": fake.transport(),
@@ -134,7 +169,10 @@ def make_target(fake: FakeFhir, **kwargs: Any) -> tuple[FhirTarget, list[float]]
         "retry_max_wait": 0.02,
     }
     options.update(kwargs)
-    target = FhirTarget("fhir", BASE, LAB_RESULTS, IDENTITY, COLUMNS, **options)
+    schema = options.pop("schema", LAB_RESULTS)
+    identity = options.pop("identity", IDENTITY)
+    columns = options.pop("columns", COLUMNS)
+    target = FhirTarget("fhir", BASE, schema, identity, columns, **options)
     return target, sleeps
 
 
@@ -153,6 +191,55 @@ def test_first_load_inserts_rerun_is_unchanged_and_nothing_is_duplicated() -> No
     assert len(fake.state.store.resources["Observation"]) == 25
     assert len(fake.state.store.resources["Patient"]) == 3
     assert len(fake.transactions()) == 6  # 3 bundles of at most 10 rows, twice
+
+
+def test_compared_first_a_rerun_sends_no_bundle_and_counts_every_row_unchanged() -> None:
+    fake = FakeFhir()
+    target, _ = make_target(fake, compare_before_write=True)
+    rows = lab_rows(25)
+    target.load(request(rows))
+    sent = len(fake.transactions())
+
+    again = target.load(request(rows, "L2"))
+
+    assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, 25)
+    assert again.rows_confirmed == 25
+    assert len(fake.transactions()) == sent == 3
+
+
+def test_compared_first_only_changed_rows_travel() -> None:
+    fake = FakeFhir()
+    target, _ = make_target(fake, compare_before_write=True)
+    rows = lab_rows(12)
+    target.load(request(rows))
+    sent = len(fake.transactions())
+    corrected = rows.with_columns(
+        pl.when(pl.col(ROW_COLUMN) == 3)
+        .then(pl.lit("C"))
+        .otherwise(pl.col("result_status"))
+        .alias("result_status")
+    )
+
+    result = target.load(request(corrected, "L2"))
+
+    assert (result.rows_inserted, result.rows_updated, result.rows_unchanged) == (0, 1, 11)
+    bundles = [json.loads(t.content) for t in fake.transactions()[sent:]]
+    puts = [e for b in bundles for e in b["entry"] if e["request"]["method"] == "PUT"]
+    assert len(puts) == 1
+
+
+def test_compared_first_a_resource_without_our_tenant_tag_is_written_again() -> None:
+    fake = FakeFhir()
+    target, _ = make_target(fake, compare_before_write=True)
+    rows = lab_rows(4)
+    target.load(request(rows))
+    for resource in fake.state.store.resources["Observation"].values():
+        resource["meta"].pop("tag", None)
+
+    result = target.load(request(rows, "L2"))
+
+    assert result.rows_unchanged + result.rows_updated == 4
+    assert all(r["meta"].get("tag") for r in fake.state.store.resources["Observation"].values())
 
 
 def test_bundles_carry_conditional_creates_and_updates_by_identifier() -> None:
@@ -343,19 +430,30 @@ def test_500_is_not_retried() -> None:
 # -- tokens -----------------------------------------------------------------------------------
 
 
-def auth(clock: Callable[[], float] = lambda: 0.0) -> ClientCredentials:
-    return ClientCredentials(TOKEN_URL, "c id", SecretStr(SECRET), target="fhir", clock=clock)
+def auth() -> ClientCredentials:
+    return ClientCredentials(TOKEN_URL, "c id", SecretStr(SECRET), target="fhir")
 
 
-def test_the_token_is_fetched_once_and_reused_until_it_expires() -> None:
-    now = [0.0]
+def frozen_token_clock(monkeypatch: pytest.MonkeyPatch, start: float) -> list[float]:
+    """The clock authlib's OAuth2Token reads expiry by, set by the test (`now[0]`)."""
+    now = [start]
+    clock = types.SimpleNamespace(time=lambda: now[0])
+    monkeypatch.setattr("authlib.oauth2.rfc6749.wrappers.time", clock)
+    monkeypatch.setattr("batchbridge.connectors.targets.fhir.auth.time", clock)
+    return now
+
+
+def test_the_token_is_fetched_once_and_reused_until_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = frozen_token_clock(monkeypatch, 1_000_000.0)
     fake = FakeFhir()
-    credentials = auth(lambda: now[0])
+    credentials = auth()
     target, _ = make_target(fake, auth=credentials)
 
     target.load(request(lab_rows(25)))
     assert fake.tokens_issued == 1
-    now[0] = 600.0  # expires_in 600: renewed a little early
+    now[0] += 600.0  # expires_in 600: renewed a little early
     target.load(request(lab_rows(25), "L2"))
     assert fake.tokens_issued == 2
 
@@ -424,6 +522,99 @@ def test_a_busy_token_endpoint_is_retried() -> None:
     assert sleeps == [1.0]
 
 
+def test_a_token_is_renewed_shortly_before_it_expires_not_earlier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = frozen_token_clock(monkeypatch, 5_000.0)
+    fake = FakeFhir()
+    credentials = auth()
+
+    with httpx.Client(transport=fake.transport()) as client:
+        first = credentials.token(client)
+        now[0] += 569  # expires_in 600, renewed 30 s early
+        assert credentials.token(client) == first
+        now[0] += 2
+        assert credentials.token(client) != first
+        fake.planned = [httpx.Response(200, json={"access_token": "t9", "token_type": "Bearer"})]
+        now[0] += 600
+        assert credentials.token(client) == "t9"
+        now[0] += 269  # no expires_in: trusted for 300 s
+        assert credentials.token(client) == "t9"
+        now[0] += 2
+        assert credentials.token(client) != "t9"
+    assert credentials.fetches == fake.tokens_issued + 1 == 4
+
+
+def test_the_scope_is_asked_for_and_an_oauth_error_keeps_only_its_code() -> None:
+    fake = FakeFhir()
+    fake.planned = [
+        httpx.Response(
+            200, json={"error": "invalid_scope", "error_description": f"no {PHI} for {SECRET}"}
+        )
+    ]
+    credentials = ClientCredentials(
+        TOKEN_URL, "cid", SecretStr(SECRET), target="fhir", scope="system/Patient.write"
+    )
+    with httpx.Client(transport=fake.transport()) as client, pytest.raises(TargetError) as caught:
+        credentials.token(client)
+
+    assert str(caught.value).endswith("refused the client credentials (HTTP 200, invalid_scope)")
+    assert caught.value.reason == "target_auth_failed"
+    assert fake.calls[0].content == b"grant_type=client_credentials&scope=system%2FPatient.write"
+    assert fake.calls[0].headers["Accept"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200, text="<html>welcome</html>"),
+        httpx.Response(200, json={"access_token": "t", "token_type": "mac"}),
+        httpx.Response(200, json={"token_type": "Bearer"}),
+    ],
+)
+def test_an_answer_without_a_bearer_token_is_refused(answer: httpx.Response) -> None:
+    fake = FakeFhir()
+    fake.planned = [answer]
+    with httpx.Client(transport=fake.transport()) as client, pytest.raises(TargetError) as caught:
+        auth().token(client)
+    assert "holds no bearer access_token" in str(caught.value)
+
+
+def test_a_token_endpoint_that_cannot_be_reached_is_transient() -> None:
+    fake = FakeFhir()
+    fake.planned = [httpx.ConnectError(f"refused {TOKEN_URL}")]
+    with (
+        httpx.Client(transport=fake.transport()) as client,
+        pytest.raises(TransientTargetError) as caught,
+    ):
+        auth().token(client)
+    assert str(caught.value) == "target fhir: token endpoint at 127.0.0.1: ConnectError"
+
+
+def test_confirmation_follows_next_links_with_their_query() -> None:
+    seen: list[str] = []
+    resources = [r for r in LAB_RESULTS.fhir_resources(lab_rows(2), IDENTITY) if r.row]
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(str(req.url))
+        page = req.url.params.get("page", "1")
+        value = f"R000{page}"
+        body: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "entry": [{"resource": {"identifier": [{"system": IDENTITY.identifier_system,
+                                                    "value": value}]}}],
+        }  # fmt: skip
+        if page == "1":
+            body["link"] = [{"relation": "next", "url": f"{BASE}?_getpages=abc&page=2"}]
+        return httpx.Response(200, json=body)
+
+    target = FhirTarget(
+        "fhir", BASE, LAB_RESULTS, IDENTITY, COLUMNS, transport=httpx.MockTransport(handler)
+    )
+    assert target.count_present(resources) == 2
+    assert seen[1] == f"{BASE}?_getpages=abc&page=2"
+
+
 # -- configuration ----------------------------------------------------------------------------
 
 
@@ -447,21 +638,248 @@ def test_https_only_except_loopback(url: str, ok: bool) -> None:
             check_fhir_url(url, "base_url", "fhir")
 
 
-def test_full_snapshots_load_as_upserts_and_inactivate_nobody(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    target, _ = make_target(FakeFhir())
-    snapshot = LoadRequest(
-        tenant="t",
-        natural_key=("record_id",),
+# -- full snapshots ---------------------------------------------------------------------------
+
+ROSTER_IDENTITY = FhirIdentity(
+    "urn:batchbridge:riverside:patient_roster", IDENTITY.patient_identifier_system
+)
+ROSTER_COLUMNS = ["patient_key", "given", "family", "gender"]
+
+
+def roster_rows(*members: str, family: str = "Doe") -> pl.DataFrame:
+    """Transformed roster rows, one per member id."""
+    return pl.DataFrame(
+        {
+            "member_id": list(members),
+            "patient_key": [f"pk-{m}" for m in members],
+            "given": ["Jo"] * len(members),
+            "family": [family] * len(members),
+            "gender": ["female"] * len(members),
+            ROW_COLUMN: list(range(1, len(members) + 1)),
+        },
+        schema_overrides={ROW_COLUMN: pl.UInt32},
+    )
+
+
+def roster_target(fake: FakeFhir, identity: FhirIdentity = ROSTER_IDENTITY) -> FhirTarget:
+    target, _ = make_target(fake, schema=PATIENT_ROSTER, identity=identity, columns=ROSTER_COLUMNS)
+    return target
+
+
+def full(
+    rows: pl.DataFrame, *, tenant: str = "riverside", kept: list[str] | None = None
+) -> LoadRequest:
+    return LoadRequest(
+        tenant=tenant,
+        natural_key=("member_id",),
         load_id="L",
         file_id="F",
-        rows=lab_rows(1),
+        rows=rows,
         full_snapshot=True,
+        kept_keys=pl.DataFrame({"member_id": kept or []}, schema={"member_id": pl.String}),
     )
-    result = target.load(snapshot)
-    assert result.rows_inactivated == 0 and result.rows_confirmed == 1
-    assert "not marked inactive" in caplog.text
+
+
+def patients(fake: FakeFhir) -> dict[str, dict[str, Any]]:
+    """Patients by the first identifier value."""
+    return {
+        str(p["identifier"][0]["value"]): p
+        for p in fake.state.store.resources.get("Patient", {}).values()
+    }
+
+
+def test_every_resource_written_carries_the_tenant_tag() -> None:
+    fake = FakeFhir()
+    target, _ = make_target(fake)
+    target.load(request(lab_rows(2)))
+
+    tag = {"system": TENANT_TAG_SYSTEM, "code": "acme_lab"}
+    for kind in ("Observation", "Patient"):
+        assert all(r["meta"]["tag"] == [tag] for r in fake.state.store.resources[kind].values())
+
+
+def test_a_full_roster_marks_absent_patients_inactive_and_keeps_everything_else() -> None:
+    fake = FakeFhir()
+    target = roster_target(fake)
+    first = target.load(full(roster_rows("M1", "M2", "M3", "M4", "M5")))
+    assert (first.rows_inserted, first.rows_inactivated) == (5, 0)
+    # Something else on the server added to M5's record: it must survive the inactivation.
+    m5 = fake.state.store.find("Patient", ROSTER_IDENTITY.identifier_system, "M5")[0]
+    stored = fake.state.store.resources["Patient"][m5]
+    fake.state.store.put("Patient", m5, {**stored, "telecom": [{"system": "phone", "value": "1"}]})
+
+    # M4 was quarantined in this file: still a member. M5 left.
+    second = target.load(full(roster_rows("M1", "M2", "M3"), kept=[" M4 "]))
+
+    assert (second.rows_unchanged, second.rows_inactivated, second.rows_confirmed) == (3, 1, 3)
+    after = patients(fake)
+    assert {m for m, p in after.items() if p["active"] is False} == {"M5"}
+    assert after["M5"]["telecom"] == [{"system": "phone", "value": "1"}]
+    assert after["M5"]["name"] == [{"family": "Doe", "given": ["Jo"]}]
+    assert len(after) == 5  # nobody deleted
+    (put,) = fake.puts()
+    assert put.url.path == f"/fhir/Patient/{m5}"
+    assert put.headers["If-Match"] == 'W/"2"'
+    searches = [c for c in fake.calls if c.method == "GET" and "_tag" in c.url.params]
+    assert searches and all(
+        (c.url.params["identifier"], c.url.params["_tag"], c.url.params["_elements"])
+        == (f"{ROSTER_IDENTITY.identifier_system}|", f"{TENANT_TAG_SYSTEM}|riverside",
+            "identifier,active")
+        for c in searches
+    )  # fmt: skip
+
+
+def test_a_returning_member_is_active_again_and_a_rerun_changes_nothing() -> None:
+    fake = FakeFhir()
+    target = roster_target(fake)
+    target.load(full(roster_rows("M1", "M2", "M3")))
+    assert target.load(full(roster_rows("M1", "M2"))).rows_inactivated == 1
+
+    back = target.load(full(roster_rows("M1", "M2", "M3")))
+    again = target.load(full(roster_rows("M1", "M2", "M3")))
+
+    assert (back.rows_updated, back.rows_unchanged, back.rows_inactivated) == (1, 2, 0)
+    assert (again.rows_updated, again.rows_unchanged, again.rows_inactivated) == (0, 3, 0)
+    assert all(p["active"] is True for p in patients(fake).values())
+
+
+def test_search_pages_are_followed_before_anything_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("batchbridge.connectors.targets.fhir.snapshot.SNAPSHOT_PAGE", 2)
+    fake = FakeFhir()
+    target = roster_target(fake)
+    members = [f"M{i}" for i in range(1, 8)]
+    target.load(full(roster_rows(*members)))
+    fake.calls.clear()
+
+    result = target.load(full(roster_rows("M2", "M6")))
+
+    assert result.rows_inactivated == 5
+    pages = [c for c in fake.calls if c.method == "GET" and "_tag" in c.url.params]
+    assert len(pages) == 4  # 7 patients, 2 a page; relative next links resolved
+    assert [c.url.params.get("_offset") for c in pages] == [None, "2", "4", "6"]
+    last_page = fake.calls.index(pages[-1])
+    assert all(fake.calls.index(put) > last_page for put in fake.puts())
+    assert {m for m, p in patients(fake).items() if not p["active"]} == {
+        "M1", "M3", "M4", "M5", "M7"
+    }  # fmt: skip
+
+
+def test_another_tenants_patients_are_never_touched() -> None:
+    fake = FakeFhir()
+    target = roster_target(fake)
+    # Another tenant misconfigured with the same identifier system, on the same server,
+    # and a Patient under that system that no feed of ours wrote (no tenant tag).
+    target.load(full(roster_rows("B1", "B2"), tenant="bayside"))
+    fake.state.store.put(
+        "Patient",
+        "foreign",
+        {
+            "resourceType": "Patient",
+            "identifier": [{"system": ROSTER_IDENTITY.identifier_system, "value": "X1"}],
+            "active": True,
+        },
+    )
+    target.load(full(roster_rows("M1", "M2", "M3")))
+
+    result = target.load(full(roster_rows("M1")))
+
+    assert result.rows_inactivated == 2
+    assert {m: p["active"] for m, p in patients(fake).items()} == {
+        "B1": True, "B2": True, "X1": True, "M1": True, "M2": False, "M3": False,
+    }  # fmt: skip
+
+
+def test_a_version_conflict_reads_the_patient_again_and_keeps_the_other_change() -> None:
+    fake = FakeFhir()
+    target = roster_target(fake)
+    target.load(full(roster_rows("M1", "M2")))
+    rid = fake.state.store.find("Patient", ROSTER_IDENTITY.identifier_system, "M2")[0]
+    raced: list[str] = []
+
+    def another_writer(kind: str, put_rid: str) -> None:
+        if not raced:
+            raced.append(put_rid)
+            current = fake.state.store.resources[kind][put_rid]
+            fake.state.store.put(kind, put_rid, {**current, "gender": "other"})
+
+    fake.before_put = another_writer
+    result = target.load(full(roster_rows("M1")))
+
+    assert result.rows_inactivated == 1 and raced == [rid]
+    assert [c.headers["If-Match"] for c in fake.puts()] == ['W/"1"', 'W/"2"']
+    m2 = patients(fake)["M2"]
+    assert (m2["active"], m2["gender"]) == (False, "other")
+
+
+def test_a_server_that_drops_tags_fails_the_snapshot_and_marks_nobody() -> None:
+    fake = FakeFhir()
+    fake.drop_tags = True
+    target = roster_target(fake)
+
+    with pytest.raises(TargetError, match=r"found 0 of the 2 Patient .*nobody was marked"):
+        target.load(full(roster_rows("M1", "M2")))
+    assert fake.puts() == []
+
+
+def test_a_subsetted_read_is_never_written_back() -> None:
+    fake = FakeFhir()
+    target = roster_target(fake)
+    target.load(full(roster_rows("M1", "M2")))
+    subsetted = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                 "code": "SUBSETTED"}  # fmt: skip
+
+    def subset(resource: dict[str, Any]) -> dict[str, Any]:
+        meta = resource["meta"]
+        return {**resource, "meta": {**meta, "tag": [*meta["tag"], subsetted]}}
+
+    fake.on_read = subset
+    with pytest.raises(TargetError, match="SUBSETTED"):
+        target.load(full(roster_rows("M1")))
+    assert fake.puts() == []
+
+
+def test_a_feed_that_cannot_be_a_fhir_snapshot_sends_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeFhir()
+    target, _ = make_target(fake)
+    lab = LoadRequest(
+        tenant="t", natural_key=("record_id",), load_id="L", file_id="F", rows=lab_rows(2),
+        full_snapshot=True,
+    )  # fmt: skip
+    with pytest.raises(TargetError, match="Observation has no `active` element"):
+        target.load(lab)
+    assert fake.calls == []
+
+    result = roster_target(fake).load(full(roster_rows()))
+    assert result.rows_inactivated == 0
+    assert "without rows marks nobody inactive" in caplog.text
+
+    shared = FhirIdentity(IDENTITY.patient_identifier_system, IDENTITY.patient_identifier_system)
+    with pytest.raises(TargetError, match="identifier_system of its own"):
+        roster_target(fake, shared).load(full(roster_rows("M1")))
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("link", "expected"),
+    [
+        ("/fhir/Patient?_offset=2", "http://127.0.0.1:8080/fhir/Patient?_offset=2"),
+        ("http://127.0.0.1:8080/fhir?_getpages=x", "http://127.0.0.1:8080/fhir?_getpages=x"),
+        ("https://elsewhere.example/fhir?_getpages=x", None),
+        ("http://127.0.0.1:9999/fhir?_getpages=x", None),
+    ],
+)
+def test_next_links_are_resolved_and_kept_on_the_server(link: str, expected: str | None) -> None:
+    bundle = {"link": [{"relation": "self", "url": "x"}, {"relation": "next", "url": link}]}
+    if expected is None:
+        with pytest.raises(TargetError, match="another server"):
+            next_link(bundle, BASE, "fhir")
+    else:
+        assert next_link(bundle, BASE, "fhir") == expected
+    assert next_link({"link": []}, BASE, "fhir") is None
 
 
 def test_a_next_link_to_another_server_is_not_followed() -> None:
@@ -477,14 +895,42 @@ def test_a_next_link_to_another_server_is_not_followed() -> None:
         target.count_present(resources)
 
 
-def test_check_writable_reads_metadata_and_posts_an_empty_transaction() -> None:
+def test_check_writable_reads_metadata_and_runs_a_transaction_that_writes_nothing() -> None:
     fake = FakeFhir()
     target, _ = make_target(fake, auth=auth())
 
     assert isinstance(target.check_writable("acme_lab"), datetime)
     bodies = [json.loads(c.content) for c in fake.transactions()]
-    assert bodies == [{"resourceType": "Bundle", "type": "transaction", "entry": []}]
+    search = {"request": {"method": "GET", "url": "Patient?_summary=count"}}
+    assert bodies == [{"resourceType": "Bundle", "type": "transaction", "entry": [search]}]
     assert fake.state.store.resources == {}
+    assert target.probe_health("acme_lab") == (
+        "read the FHIR 4.0.1 CapabilityStatement of 127.0.0.1 and ran a transaction holding "
+        "one count-only search with a bearer token from the token endpoint; nothing written"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answers", "words"),
+    [
+        ([httpx.Response(200, json={"resourceType": "CapabilityStatement",
+                                    "fhirVersion": "3.0.2"})], "without a FHIR R4"),
+        ([None, httpx.Response(400, json=operation_outcome("invalid", PHI))],
+         "answered HTTP 400 (invalid)"),
+        ([None, httpx.Response(200, json={"type": "transaction-response", "entry": []})],
+         "answered HTTP 200"),
+    ],
+)  # fmt: skip
+def test_a_probe_the_server_fails_says_which_step(
+    answers: list[httpx.Response | None], words: str
+) -> None:
+    fake = FakeFhir()
+    metadata = {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
+    fake.planned = [a if a is not None else httpx.Response(200, json=metadata) for a in answers]
+    target, _ = make_target(fake)
+    with pytest.raises(TargetError, match=re.escape(words)) as caught:
+        target.probe_health("acme_lab")
+    assert PHI not in str(caught.value)
 
 
 def fhir_feed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **target: Any) -> Path:

@@ -1,13 +1,15 @@
-"""Health checks without servers: key expiry, host key logic with fakes, secrets, SQLite canary."""
+"""Health checks without servers: key expiry, host key logic with fakes, secrets, target probes."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import paramiko
 import pytest
 
@@ -15,14 +17,19 @@ from batchbridge.cli.app import main
 from batchbridge.config import UNPINNED_HOST_KEY, LoadedFeed, load_feed
 from batchbridge.connectors.sources.sftp import SftpProbe
 from batchbridge.connectors.ssh.host_keys import fingerprint, parse_host_key
+from batchbridge.connectors.targets.base import CANARY_TABLE
+from batchbridge.connectors.targets.fhir import FhirTarget
+from batchbridge.connectors.targets.sftp_probe import PROBE_CONTENT, probe_remote_dir
 from batchbridge.demo.keys import generate_ed25519
-from batchbridge.errors import HostKeyError, SourceError, TransientSourceError
+from batchbridge.errors import HostKeyError, SourceError, TargetError, TransientSourceError
 from batchbridge.monitoring.health_checks import feed_secret_references, run_feed_checks
 from batchbridge.monitoring.health_keys import assess_key_expiry
 from batchbridge.monitoring.health_model import CheckResult, FeedHealth
 from batchbridge.monitoring.health_report import render_health_markdown
 from batchbridge.monitoring.health_source import check_sftp
 from batchbridge.monitoring.health_targets import check_target
+from batchbridge.validations.base import FhirIdentity
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS
 from tests.unit.feed_helpers import write_feed
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -177,6 +184,83 @@ def test_a_target_kind_without_canary_is_skipped(tmp_path: Path) -> None:
     target = loaded.config.targets[0]
     results = check_target(loaded, target, open_=lambda *_: Plain())  # type: ignore[arg-type,return-value]
     assert [(r.name, r.severity) for r in results] == [("target.warehouse", "skipped")]
+
+
+def test_each_target_kind_says_what_its_probe_did(tmp_path: Path) -> None:
+    loaded = load_feed("lab_results", write_feed(tmp_path))
+    config = loaded.config.targets[0]
+    (sqlite,) = check_target(loaded, config)
+    assert sqlite.severity == "ok"
+    assert sqlite.detail == "wrote, read back and committed the acme_lab row of " + CANARY_TABLE
+
+    posted: list[bytes] = []
+
+    def fhir(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(
+                200, json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
+            )
+        posted.append(request.content)
+        entry = {"response": {"status": "200 OK"}}
+        return httpx.Response(200, json={"type": "transaction-response", "entry": [entry]})
+
+    target = FhirTarget(
+        "fhir",
+        "https://fhir.example/r4",
+        LAB_RESULTS,
+        FhirIdentity("urn:batchbridge:acme_lab:lab_results", "urn:batchbridge:patient-key"),
+        ["patient_key"],
+        transport=httpx.MockTransport(fhir),
+    )
+    (result,) = check_target(loaded, config, open_=lambda *_: target)
+    assert result.severity == "ok" and "canary" not in result.detail
+    assert result.detail == (
+        "read the FHIR 4.0.1 CapabilityStatement of fhir.example and ran a transaction "
+        "holding one count-only search; nothing written"
+    )
+    search = {"request": {"method": "GET", "url": "Patient?_summary=count"}}
+    assert [json.loads(body)["entry"] for body in posted] == [[search]]
+
+
+class ProbedTarget:
+    """A target whose probe fails the way the test says; records whether it was closed."""
+
+    name = "partner_sftp"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.closed = False
+
+    def probe_health(self, tenant: str) -> str:
+        raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [
+        (
+            TargetError(
+                "target partner_sftp: health probe: rename .bb.part to .bb in /in on "
+                "sftp.example:22: permission denied",
+                reason="permission_denied",
+            ),
+            "[permission_denied] target partner_sftp: health probe: rename .bb.part to .bb "
+            "in /in on sftp.example:22: permission denied",
+        ),
+        (RuntimeError("secret-value"), "unexpected RuntimeError (message withheld)"),
+    ],
+)
+def test_a_failing_probe_names_its_step_and_the_target_is_closed(
+    tmp_path: Path, error: Exception, detail: str
+) -> None:
+    loaded = load_feed("lab_results", write_feed(tmp_path))
+    target = ProbedTarget(error)
+    results = check_target(loaded, loaded.config.targets[0], open_=lambda *_: target)  # type: ignore[arg-type,return-value]
+    assert [(r.severity, r.detail) for r in results] == [("error", detail)]
+    assert target.closed
 
 
 # -- SFTP host key logic with fakes ------------------------------------------------------
@@ -358,3 +442,91 @@ def test_health_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["health", "lab_results", "--config-dir", str(feeds)]) == 14  # HealthCheckError
     out = capsys.readouterr().out
     assert "FAILED   secrets" in out and "file:../secrets/pseudonym" in out
+
+
+# -- the outbound SFTP probe's steps, with a fake session --------------------------------
+
+
+class ProbeSftp:
+    """An in-memory SFTP folder; `fail` names the step that fails, `short` truncates writes."""
+
+    def __init__(self, fail: str | None = None, short: bool = False) -> None:
+        self.files: dict[str, bytes] = {}
+        self.fail = fail
+        self.short = short
+
+    def open(self, path: str, mode: str) -> Any:
+        files, short = self.files, self.short
+
+        class Handle:
+            def __enter__(self) -> Handle:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+            def write(self, data: bytes) -> None:
+                files[path] = data[:-1] if short else data
+
+        return Handle()
+
+    def rename(self, old: str, new: str) -> None:
+        if self.fail == "rename":
+            raise PermissionError(old)
+        self.files[new] = self.files.pop(old)
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes:
+        attrs = paramiko.SFTPAttributes()
+        attrs.st_size = len(self.files[path])
+        return attrs
+
+    def remove(self, path: str) -> None:
+        if self.fail == "delete":
+            self.fail = None  # fails once; the clean-up after it succeeds
+            raise PermissionError(path)
+        del self.files[path]
+
+
+class ProbeSession:
+    """What the probe uses of an SshSession: run (mapping errors as the target does), where."""
+
+    where = "sftp.example:22"
+
+    def __init__(self, sftp: ProbeSftp) -> None:
+        self.sftp = sftp
+
+    def run(self, action: str, operation: Callable[[Any], Any]) -> Any:
+        try:
+            return operation(self.sftp)
+        except PermissionError:
+            raise TargetError(
+                f"target drop: {action} on {self.where}: permission denied",
+                reason="permission_denied",
+            ) from None
+
+
+@pytest.mark.parametrize(
+    ("sftp", "words"),
+    [
+        (ProbeSftp(fail="rename"), "health probe: rename .batchbridge-health-"),
+        (ProbeSftp(short=True), "has 72 bytes, 73 were written"),
+        (ProbeSftp(fail="delete"), "health probe: delete .batchbridge-health-"),
+    ],
+)
+def test_a_failed_probe_step_is_named_and_the_probe_file_removed(
+    sftp: ProbeSftp, words: str
+) -> None:
+    session: Any = ProbeSession(sftp)
+    with pytest.raises(TargetError) as caught:
+        probe_remote_dir(session, "/out", target="drop")
+    assert words in str(caught.value) and "sftp.example:22" in str(caught.value)
+    assert sftp.files == {}
+
+
+def test_a_passing_probe_says_each_step() -> None:
+    sftp = ProbeSftp()
+    session: Any = ProbeSession(sftp)
+    detail = probe_remote_dir(session, "/out", target="drop")
+    assert detail.startswith("in /out on sftp.example:22: wrote a 73-byte probe file (fixed text")
+    assert detail.endswith("checked its size, deleted it") and sftp.files == {}
+    assert len(PROBE_CONTENT) == 73

@@ -166,6 +166,14 @@ class FhirTargetConfig(StrictModel):
     )
     columns: list[str] = Field(min_length=1)
     bundle_size: int = Field(200, ge=1, le=5000)
+    compare_before_write: bool = Field(
+        True,
+        description=(
+            "Search each Bundle's resources first and send only rows that differ, so a rerun "
+            "writes no new versions (servers that report SUCCESSFUL_UPDATE_NO_CHANGE, like "
+            "HAPI, may turn it off to save the searches)."
+        ),
+    )
     max_attempts: int = Field(5, ge=1, le=10)
     max_retry_after_seconds: float = Field(60.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)

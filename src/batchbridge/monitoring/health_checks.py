@@ -1,7 +1,7 @@
 """Run every health check of one feed; the config-level ones (secrets, mappings) live here.
 
 The others live beside this module: health_source (SFTP reachable, host key, login,
-folder), health_keys (PGP keys and their expiry) and health_targets (a canary row);
+folder), health_keys (PGP keys and their expiry) and health_targets (each target's own probe);
 all return health_model's CheckResults. Details carry host names, ports, key
 fingerprints, reference names, counts and error reasons, never patient data. Checks
 need the network (they are "pure" in the sense of the stages: no Prefect, plain inputs

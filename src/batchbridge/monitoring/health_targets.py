@@ -1,8 +1,17 @@
-"""Health check of a feed's targets: a canary row written and committed, our columns present."""
+"""Health check of a feed's targets: each kind proves itself usable its own way and says how.
+
+- A target with `probe_health` (FHIR: the CapabilityStatement read and a transaction
+  holding one count-only search posted, nothing written; outbound SFTP: a probe file
+  written, renamed, sized and deleted) runs it and reports the sentence it returns.
+- A SQL target (`check_writable`) writes, reads back and commits its tenant's canary row,
+  and its table must have our columns.
+- Any other kind is skipped, saying so.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from batchbridge.config import LoadedFeed, TargetConfig
 from batchbridge.connectors.targets.base import CANARY_TABLE, SupportsHealthCanary, Target
@@ -13,19 +22,33 @@ from batchbridge.validations.registry import get_schema
 TargetOpener = Callable[[LoadedFeed, TargetConfig], Target]
 
 
+@runtime_checkable
+class SupportsHealthProbe(Protocol):
+    """A target that proves itself usable its own way and says what it did."""
+
+    name: str
+
+    def probe_health(self, tenant: str) -> str:
+        """Run the probe; what it did, PHI-free. A TargetError names the step that failed."""
+        ...
+
+
 def check_target(
     loaded: LoadedFeed, target_config: TargetConfig, *, open_: TargetOpener = open_target
 ) -> list[CheckResult]:
-    """The target accepts a write + commit (canary row) and its table has our columns."""
+    """The target's own probe, or a canary write + commit and our columns (SQL targets)."""
     name = f"target.{target_config.name}"
+    tenant = loaded.config.tenant
 
     @guarded(name)
     def run() -> list[CheckResult]:
         target = open_(loaded, target_config)
         try:
+            if isinstance(target, SupportsHealthProbe):
+                return [CheckResult.passed(name, target.probe_health(tenant))]
             if not isinstance(target, SupportsHealthCanary):
                 return [CheckResult.skipped(name, "this target kind has no writability check")]
-            target.check_writable(loaded.config.tenant)
+            target.check_writable(tenant)
             problem = _missing_columns(loaded, target_config, target)
         finally:
             target.close()
@@ -33,8 +56,7 @@ def check_target(
             return [CheckResult.failed(name, problem)]
         return [
             CheckResult.passed(
-                name,
-                f"wrote, read back and committed the {loaded.config.tenant} row of {CANARY_TABLE}",
+                name, f"wrote, read back and committed the {tenant} row of {CANARY_TABLE}"
             )
         ]
 

@@ -1,12 +1,17 @@
-"""A small FHIR R4 server for tests, run as its own process (no maintained FHIR server
-installs from the package registries this project uses): `store` (resources, identifier
-index, faults, tokens), `transactions` (validation, atomic transactions with conditional
-create/update, identifier search), `handler` (HTTP routes, OAuth2 client credentials,
-fault injection, admin routes, `serve`, which `python -m tests.support.fhir_server`
-runs) and `launcher` (`start_fhir_server`: the subprocess and a `FhirServerProcess`
-handle with admin helpers). It speaks HTTP on loopback only and imports nothing of
-batchbridge, so the target is tested against an independent implementation; tests and
-tests/plugins import it from here, never the other way round.
+"""A small home-made FHIR R4 server for tests, run as its own process, kept for fault
+injection only: 429/503 with or without Retry-After, dropped connections (resets), expired
+tokens and OAuth2 errors, a state file across restarts. What a FHIR server does with our
+Bundles (conditional create/update, transactions, validation, OperationOutcomes, paging)
+is tested against a real server, Medplum's FHIR router (tests/support/medplum_fhir.py,
+fixture `real_fhir`); where the two differ, the real one is right.
+
+Modules: `store` (resources, identifier index, faults, tokens), `transactions`
+(validation, atomic transactions with conditional create/update, identifier search),
+`handler` (HTTP routes, OAuth2 client credentials, fault injection, admin routes, `serve`,
+which `python -m tests.support.fhir_server` runs) and `launcher` (`start_fhir_server`: the
+subprocess and a `FhirServerProcess` handle with admin helpers). It speaks HTTP on loopback
+only and imports nothing of batchbridge; tests and tests/plugins import it from here,
+never the other way round.
 """
 
 from tests.support.fhir_server.handler import FhirHttpServer, Handler, serve
@@ -24,8 +29,10 @@ from tests.support.fhir_server.store import (
 from tests.support.fhir_server.transactions import (
     CAPABILITY_STATEMENT,
     FHIR_BASE,
+    read_resource,
     run_transaction,
     search,
+    update_by_id,
     validate_resource,
 )
 
@@ -42,10 +49,12 @@ __all__ = [
     "operation_outcome",
     "parse_match_url",
     "parse_tokens",
+    "read_resource",
     "run_transaction",
     "search",
     "serve",
     "split_unescaped",
     "start_fhir_server",
+    "update_by_id",
     "validate_resource",
 ]

@@ -5,8 +5,9 @@ Routes (loopback only):
   bearer tokens expire after `--token-ttl` seconds. FHIR routes answer 401 without one.
 - `GET /fhir/metadata`: a CapabilityStatement (no token needed).
 - `POST /fhir`: a `transaction` Bundle, atomic (see transactions.py).
-- `GET /fhir/<Type>?identifier=s|v1,s|v2` with `_count`, `_offset`, `_summary=count`,
-  `_elements`; `GET /fhir/<Type>/<id>`.
+- `GET /fhir/<Type>?identifier=s|v1,s|v2` (or `s|`: any value) with `_tag`, `_count`,
+  `_offset`, `_summary=count`, `_elements`; `GET /fhir/<Type>/<id>` (with an ETag);
+  `PUT /fhir/<Type>/<id>` (with an optional If-Match).
 - `/_admin/...` (tests only): `POST faults` {"status", "retry_after", "times", "route",
   "drop"}, `POST expire-tokens`, `POST config` {"reject_codes"}, `POST reset`,
   `GET stats`, `GET resources/<Type>`.
@@ -40,8 +41,10 @@ from tests.support.fhir_server.transactions import (
     CAPABILITY_STATEMENT,
     FHIR_BASE,
     SUPPORTED_TYPES,
+    read_resource,
     run_transaction,
     search,
+    update_by_id,
 )
 
 FHIR_JSON = "application/fhir+json"
@@ -212,10 +215,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         if method == "GET" and len(parts) == 2 and parts[0] in SUPPORTED_TYPES:
             with self.state.lock:
-                resource = self.state.store.resources.get(parts[0], {}).get(parts[1])
-            if resource is None:
-                raise FhirFailure(404, "not-found", f"{path} is not known")
-            self._send(200, resource)
+                resource = read_resource(self.state, parts[0], parts[1])
+            self._send(200, resource, _etag(resource))
+            return
+        if method == "PUT" and len(parts) == 2 and parts[0] in SUPPORTED_TYPES:
+            try:
+                body_json = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise FhirFailure(400, "structure", "the body is not JSON") from None
+            with self.state.lock:
+                self.state.bump("updates")
+                status, stored = update_by_id(
+                    self.state, parts[0], parts[1], body_json, self.headers.get("If-Match")
+                )
+            self._send(status, stored, _etag(stored))
             return
         raise FhirFailure(405 if parts[0] in SUPPORTED_TYPES else 404, "not-supported", path)
 
@@ -278,6 +291,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+
+def _etag(resource: Mapping[str, Any]) -> dict[str, str]:
+    return {"ETag": f'W/"{resource["meta"]["versionId"]}"'}
 
 
 class FhirHttpServer(ThreadingHTTPServer):

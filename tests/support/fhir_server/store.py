@@ -123,6 +123,26 @@ def resource_content(resource: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resource.items() if k not in ("id", "meta")}
 
 
+def resource_tags(resource: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The `meta.tag` codings of a resource (system and code only)."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return [
+        {"system": t.get("system"), "code": t.get("code")}
+        for t in tags or []
+        if isinstance(t, dict) and t.get("code")
+    ]
+
+
+def merged_tags(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Tags after an update: the old ones and any new ones (HAPI keeps tags across updates)."""
+    merged = resource_tags(old) if old is not None else []
+    for tag in resource_tags(new):
+        if tag not in merged:
+            merged.append(tag)
+    return merged
+
+
 @dataclass
 class Store:
     """Resources by type and id, and an identifier index; copied for atomic transactions."""
@@ -157,10 +177,14 @@ class Store:
         by_id = self.resources.setdefault(resource_type, {})
         old = by_id.get(rid)
         version = int(old["meta"]["versionId"]) + 1 if old is not None else 1
+        meta: dict[str, Any] = {"versionId": str(version), "lastUpdated": _now()}
+        tags = merged_tags(old, resource)
+        if tags:
+            meta["tag"] = tags
         stored = {
             "resourceType": resource_type,
             "id": rid,
-            "meta": {"versionId": str(version), "lastUpdated": _now()},
+            "meta": meta,
             **resource_content(resource),
         }
         if old is not None:

@@ -1,12 +1,17 @@
 """FHIR semantics of the test server: validation, atomic transactions, identifier search.
 
-- A `transaction` Bundle is atomic. Every entry is validated first, any invalid one
+- A `transaction` Bundle is atomic; its `GET` entries (searches) are answered after
+  its writes. Every entry is validated first, any invalid one
   answers 400/422 with an OperationOutcome and nothing is stored. `POST` entries with
   `ifNoneExist` are conditional creates (0 matches: 201, 1: 200 and nothing new, more:
   412); `PUT Type?identifier=s|v` is a conditional update (0: create 201, 1: update 200,
   more: 412). An update whose content is unchanged keeps its version and says so the
   way HAPI does (storage response code `SUCCESSFUL_UPDATE_NO_CHANGE`). Conditional
   references (`Patient?identifier=…`) and `urn:uuid:` references are resolved.
+- `PUT Type/<id>` outside a transaction (`update_by_id`) updates one resource, on the
+  version `If-Match` names (412 when it is no longer the current one).
+- `meta.tag` is kept, and tags sent later are added (as HAPI does); a search may filter
+  by `_tag=system|code`.
 - Validation a lenient pipeline may pass: an Observation without status, code or
   subject (422 `required`), a status outside the value set (422 `value`), a LOINC code
   in the reject codes (422 `code-invalid`). Like real servers, diagnostics quote the
@@ -25,10 +30,12 @@ from tests.support.fhir_server.store import (
     FhirFailure,
     ServerState,
     Store,
+    merged_tags,
     parse_match_url,
     parse_tokens,
     resource_content,
     resource_identifiers,
+    resource_tags,
 )
 
 FHIR_BASE = "/fhir"
@@ -47,7 +54,9 @@ OBSERVATION_STATUSES = frozenset(
     }
 )
 SUPPORTED_TYPES = ("Observation", "Patient")
-SEARCH_PARAMS = frozenset({"identifier", "_count", "_offset", "_summary", "_elements", "_total"})
+SEARCH_PARAMS = frozenset(
+    {"identifier", "_tag", "_count", "_offset", "_summary", "_elements", "_total"}
+)
 
 
 def _references(node: Any) -> Iterator[dict[str, Any]]:
@@ -104,6 +113,8 @@ def _entry_request(entry: Any, position: int) -> tuple[str, str, dict[str, Any]]
     if not isinstance(request, dict):
         raise FhirFailure(400, "required", f"{where}.request is required")
     method, url = request.get("method"), request.get("url")
+    if method == "GET" and isinstance(url, str) and url:
+        return method, url, {}  # a search, answered after the writes
     if method not in ("POST", "PUT") or not isinstance(url, str) or not url:
         raise FhirFailure(400, "not-supported", f"{where}: method {method!r} not supported")
     resource = entry.get("resource")
@@ -155,8 +166,9 @@ def run_transaction(state: ServerState, bundle: Any) -> dict[str, Any]:
     if not isinstance(entries, list):
         raise FhirFailure(400, "structure", "Bundle.entry is not a list")
     requests = [_entry_request(entry, i) for i, entry in enumerate(entries)]
-    for position, (_method, _url, resource) in enumerate(requests):
-        validate_resource(resource, state.reject_codes, f"Bundle.entry[{position}]")
+    for position, (method, _url, resource) in enumerate(requests):
+        if method != "GET":
+            validate_resource(resource, state.reject_codes, f"Bundle.entry[{position}]")
 
     store = state.store.clone()
     answers: list[dict[str, Any] | None] = [None] * len(entries)
@@ -201,7 +213,7 @@ def run_transaction(state: ServerState, bundle: Any) -> dict[str, Any]:
             else:
                 rid = url.partition("/")[2] or None
             current = store.resources.get(resource_type, {}).get(rid) if rid else None
-            if current is not None and resource_content(current) == resource_content(resource):
+            if current is not None and _unchanged(current, resource):
                 answer = _stored_response("200 OK", current, "SUCCESSFUL_UPDATE_NO_CHANGE")
                 stored = current
             elif current is not None:
@@ -213,7 +225,16 @@ def run_transaction(state: ServerState, bundle: Any) -> dict[str, Any]:
         if isinstance(full_url, str) and full_url:
             full_urls[full_url] = f"{resource_type}/{stored['id']}"
         answers[position] = answer
-    state.store = store
+    previous, state.store = state.store, store
+    try:
+        for position, (method, url, _resource) in enumerate(requests):
+            if method == "GET":
+                resource_type, _, query = url.partition("?")
+                searchset = search(state, resource_type, query)
+                answers[position] = {"resource": searchset, "response": {"status": "200 OK"}}
+    except FhirFailure:
+        state.store = previous
+        raise
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -235,6 +256,17 @@ def search(state: ServerState, resource_type: str, query: str) -> dict[str, Any]
                 ids.update(store.find(resource_type, system, token_value))
     else:
         ids = set(store.resources.get(resource_type, {}))
+    for value in params.get("_tag", []):
+        wanted = parse_tokens(value)
+        ids = {
+            rid
+            for rid in ids
+            if any(
+                (system is None or tag["system"] == system) and tag["code"] == code
+                for system, code in wanted
+                for tag in resource_tags(store.resources[resource_type][rid])
+            )
+        }
     ordered = sorted(ids, key=lambda rid: (len(rid), rid))
     try:
         count = min(int(params.get("_count", ["50"])[0]), 1000)
@@ -273,6 +305,48 @@ def search(state: ServerState, resource_type: str, query: str) -> dict[str, Any]
             {"relation": "next", "url": f"{FHIR_BASE}/{resource_type}?{_encode(rest)}"}
         )
     return bundle
+
+
+def _unchanged(current: Mapping[str, Any], resource: Mapping[str, Any]) -> bool:
+    """An update that would store what is there already (content and tags)."""
+    return resource_content(current) == resource_content(resource) and merged_tags(
+        current, resource
+    ) == resource_tags(current)
+
+
+def read_resource(state: ServerState, resource_type: str, rid: str) -> dict[str, Any]:
+    """`GET Type/<id>`: the current resource, or FhirFailure 404."""
+    if resource_type not in SUPPORTED_TYPES:
+        raise FhirFailure(404, "not-supported", f"{resource_type} is not supported")
+    resource = state.store.resources.get(resource_type, {}).get(rid)
+    if resource is None:
+        raise FhirFailure(404, "not-found", f"{resource_type}/{rid} is not known")
+    return resource
+
+
+def update_by_id(
+    state: ServerState, resource_type: str, rid: str, resource: Any, if_match: str | None
+) -> tuple[int, dict[str, Any]]:
+    """`PUT Type/<id>` with an optional `If-Match: W/"<version>"`: (status, stored resource).
+
+    200 for an update (or no change), 201 for a create; 412 when If-Match names another
+    version than the current one; 400 when the body's id differs from the URL's.
+    """
+    if resource_type not in SUPPORTED_TYPES:
+        raise FhirFailure(404, "not-supported", f"{resource_type} is not supported")
+    validate_resource(resource, state.reject_codes, f"{resource_type}/{rid}")
+    if resource.get("resourceType") != resource_type or resource.get("id") != rid:
+        raise FhirFailure(400, "invalid", f"the body is not {resource_type}/{rid}")
+    current = state.store.resources.get(resource_type, {}).get(rid)
+    if if_match is not None:
+        wanted = if_match.removeprefix("W/").strip('"')
+        if current is None or current["meta"]["versionId"] != wanted:
+            raise FhirFailure(412, "conflict", f"{resource_type}/{rid} is not at version {wanted}")
+    if current is not None and _unchanged(current, resource):
+        return 200, current
+    stored = state.store.put(resource_type, rid, resource)
+    state.save()
+    return (200 if current is not None else 201), stored
 
 
 def _encode(params: Mapping[str, Sequence[str]]) -> str:

@@ -64,6 +64,7 @@ from batchbridge.connectors.targets.extract import (
     sidecar_name,
 )
 from batchbridge.connectors.targets.rows import check_load_request
+from batchbridge.connectors.targets.sftp_probe import probe_remote_dir
 from batchbridge.errors import BatchbridgeError, ConfigError, TargetError, TransientTargetError
 from batchbridge.validations.base import ROW_COLUMN
 
@@ -161,6 +162,10 @@ class SftpTarget(OverSshSession):
             rows_rejected=0,
             rows_confirmed=counts.confirmed,
         )
+
+    def probe_health(self, tenant: str) -> str:
+        """Health probe: a fixed probe file written, renamed, sized and deleted (sftp_probe)."""
+        return probe_remote_dir(self._session, self.config.remote_dir, target=self.name)
 
     # -- what to deliver (no server needed) -------------------------------------------
 

@@ -91,7 +91,7 @@ def _split_unescaped(text: str, separator: str) -> list[str]:
     return parts
 
 
-def _conditional_target(reference: str) -> tuple[str, str, str] | None:
+def conditional_target(reference: str) -> tuple[str, str, str] | None:
     """(type, system, value) a `Type?identifier=system|value` reference points to, or None."""
     resource_type, mark, query = reference.partition("?")
     if not mark:
@@ -147,7 +147,7 @@ def plan_bundles(target: str, resources: Iterable[FhirResource], rows: list[int]
     for item in row_resources:
         needs: list[str] = []
         for reference in _references(item.resource):
-            found = _conditional_target(reference)
+            found = conditional_target(reference)
             match = by_target.get(found) if found is not None else None
             if match is not None and match not in needs:
                 needs.append(match)
@@ -157,22 +157,43 @@ def plan_bundles(target: str, resources: Iterable[FhirResource], rows: list[int]
     return BundlePlan(units=units, supporting=supporting, orphans=orphans)
 
 
+def _pointing_at(node: Any, full_urls: Mapping[tuple[str, str, str], str]) -> Any:
+    """A copy of `node` whose conditional references to Bundle entries name their fullUrl."""
+    if isinstance(node, Mapping):
+        copied = {key: _pointing_at(value, full_urls) for key, value in node.items()}
+        reference = node.get("reference")
+        found = conditional_target(reference) if isinstance(reference, str) else None
+        if found is not None and found in full_urls:
+            copied["reference"] = full_urls[found]
+        return copied
+    if isinstance(node, list):
+        return [_pointing_at(item, full_urls) for item in node]
+    return node
+
+
 def transaction_entries(
     plan: BundlePlan, units: Sequence[RowUnit], orphans: Sequence[str]
 ) -> tuple[list[dict[str, Any]], int]:
     """Conditional creates of the supporting resources `units` need, then their updates.
 
-    Returns the entries and how many creates come first (their answers are not rows).
+    A row's conditional reference to a supporting resource (`Patient?identifier=s|v`)
+    is sent as a reference to that create's `fullUrl` (`urn:uuid:`), which every server
+    resolves to the resource created or matched; conditional references inside resources
+    are optional in FHIR R4, and Medplum stores them unresolved. Returns the entries and
+    how many creates come first (their answers are not rows).
     """
     creates = list(dict.fromkeys([url for unit in units for url in unit.needs]))
     creates += [url for url in orphans if url not in creates]
     entries: list[dict[str, Any]] = []
+    full_urls: dict[tuple[str, str, str], str] = {}
     for url in creates:
         item = plan.supporting[url]
         resource_type, _, query = url.partition("?")
+        full_url = f"urn:uuid:{uuid.uuid4()}"
+        full_urls[(resource_type, item.identifier_system, item.identifier)] = full_url
         entries.append(
             {
-                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "fullUrl": full_url,
                 "resource": item.resource,
                 "request": {"method": "POST", "url": resource_type, "ifNoneExist": query},
             }
@@ -183,7 +204,7 @@ def transaction_entries(
         entries.append(
             {
                 "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                "resource": item.resource,
+                "resource": _pointing_at(item.resource, full_urls),
                 "request": {
                     "method": "PUT",
                     "url": match_url(resource_type, item.identifier_system, item.identifier),

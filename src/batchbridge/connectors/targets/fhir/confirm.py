@@ -7,7 +7,12 @@ from typing import Any, Protocol
 
 import httpx
 
-from batchbridge.connectors.targets.fhir.wire import issue_code, json_or_none, search_token
+from batchbridge.connectors.targets.fhir.wire import (
+    issue_code,
+    json_or_none,
+    next_link,
+    search_token,
+)
 from batchbridge.errors import TargetError
 from batchbridge.validations.base import FhirResource
 
@@ -46,15 +51,57 @@ def _search_identifiers(
     call: HttpCall, base_url: str, target: str, resource_type: str, system: str, values: list[str]
 ) -> set[str]:
     """Identifier values (under `system`) of the `resource_type` resources matching `values`."""
-    params = {
+    found: set[str] = set()
+    for resource in search_by_identifier(
+        call,
+        base_url,
+        target,
+        resource_type,
+        system,
+        values,
+        elements="identifier",
+        purpose="confirm",
+    ):
+        found.update(identifier_values(resource, system))
+    return found
+
+
+def identifier_values(resource: Mapping[str, Any], system: str) -> list[str]:
+    """The values of `resource`'s identifiers under `system`."""
+    identifiers = resource.get("identifier")
+    return [
+        str(identifier.get("value"))
+        for identifier in (identifiers if isinstance(identifiers, list) else [])
+        if isinstance(identifier, dict) and identifier.get("system") == system
+    ]
+
+
+def search_by_identifier(
+    call: HttpCall,
+    base_url: str,
+    target: str,
+    resource_type: str,
+    system: str,
+    values: Sequence[str],
+    *,
+    elements: str | None = None,
+    purpose: str = "search",
+) -> list[dict[str, Any]]:
+    """The `resource_type` resources with an identifier `system|value` for any of `values`.
+
+    One search (paged on the same server); `elements` asks for a subset, which servers
+    may ignore (Medplum does), so callers never rely on it.
+    """
+    params: dict[str, str] | None = {
         "identifier": ",".join(search_token(system, value) for value in values),
-        "_elements": "identifier",
         "_count": str(len(values) * 2),
     }
+    if elements is not None and params is not None:
+        params["_elements"] = elements
     url: str = f"{base_url}/{resource_type}"
-    found: set[str] = set()
+    found: list[dict[str, Any]] = []
+    what = f"{purpose} {resource_type} ({len(values)} identifiers)"
     for _page in range(_MAX_PAGES):
-        what = f"confirm {resource_type} ({len(values)} identifiers)"
         response = call(what, "GET", url, params=params)
         body = json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict):
@@ -63,27 +110,14 @@ def _search_identifiers(
             )
         for entry in body.get("entry") or []:
             resource = entry.get("resource") if isinstance(entry, dict) else None
-            identifiers = resource.get("identifier") if isinstance(resource, dict) else None
-            for identifier in identifiers if isinstance(identifiers, list) else []:
-                if isinstance(identifier, dict) and identifier.get("system") == system:
-                    found.add(str(identifier.get("value")))
-        next_url = _next_link(body, base_url, target)
+            if (
+                isinstance(resource, dict)
+                and resource.get("resourceType", resource_type) == resource_type
+            ):
+                found.append(resource)
+        next_url = next_link(body, base_url, target)
         if next_url is None:
             return found
-        url, params = next_url, {}
-    raise TargetError(f"target {target}: confirmation search paged past {_MAX_PAGES} pages")
-
-
-def _next_link(bundle: Mapping[str, Any], base_url: str, target: str) -> str | None:
-    for link in bundle.get("link") or []:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            url = str(link.get("url", ""))
-            base = httpx.URL(base_url)
-            parsed = httpx.URL(url)
-            # Our token goes only where the base URL points.
-            if (parsed.scheme, parsed.host, parsed.port) != (base.scheme, base.host, base.port):
-                raise TargetError(
-                    f"target {target}: a search page links to another server; not followed"
-                )
-            return url
-    return None
+        # The next link carries the query: params (even empty ones) would replace it.
+        url, params = next_url, None
+    raise TargetError(f"target {target}: {purpose} search paged past {_MAX_PAGES} pages")

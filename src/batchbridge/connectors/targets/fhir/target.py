@@ -9,21 +9,27 @@ How a load goes:
   `ifNoneExist: identifier=<system>|<value>`); each row is a conditional update
   (`PUT <Type>?identifier=<system>|<value>`). Sending a Bundle again (a rerun, or a
   retry after a timeout whose answer was lost) therefore never duplicates anything.
+- Before each Bundle, rows the server already holds as they are are found by a search
+  (unchanged.py, `compare_before_write`) and not sent: a rerun writes no new versions.
 - Counts come from the transaction-response: `201` inserted; `200` updated, or
   unchanged when the entry's outcome carries HAPI's storage response code
-  `SUCCESSFUL_UPDATE_NO_CHANGE` (HAPI keeps the version when the content is identical;
-  our test server does the same). A server that gives no such signal has its no-op
-  updates counted as updated: the counts still balance.
+  `SUCCESSFUL_UPDATE_NO_CHANGE`; rows found unchanged before sending count unchanged.
 - A transaction is atomic, so one invalid row fails its Bundle with a 4xx. The Bundle
   is then bisected until the refused rows stand alone; each becomes a RowRejection
   `http_<status>:<issue code>` (never the diagnostics: servers quote values there).
 - After the load, the accepted rows' identifiers are searched for (`_elements=identifier`)
   and counted: `rows_confirmed`.
+- Every resource written carries the tenant tag (`meta.tag`, snapshot.TENANT_TAG_SYSTEM).
+  A full snapshot then marks the tenant's resources under our identifier system that the
+  file lacks `active: false` (snapshot.py: paged search, read, conditional PUT on the
+  version; never a delete): `rows_inactivated`.
 - Retries (the connectors' retry layer) only on connection errors, timeouts, 429, 502,
   503 and 504, waiting what Retry-After asks (capped) or backing off; never on other
   statuses.
-- OAuth2 client credentials (auth.py): a bearer token cached until shortly before it
-  expires and fetched again once when the server answers 401.
+- OAuth2 client credentials (auth.py, through authlib): a bearer token cached until
+  shortly before it expires and fetched again once when the server answers 401.
+- The health probe (probe.py) reads /metadata and runs a transaction holding one
+  count-only search: nothing is written.
 
 Errors name the target, the step, status codes, counts and row numbers; never a value,
 a response body, the token or the client secret.
@@ -50,7 +56,6 @@ from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.fhir.auth import ClientCredentials
 from batchbridge.connectors.targets.fhir.bundle import (
-    EMPTY_PLAN,
     BundlePlan,
     Outcome,
     Refused,
@@ -62,6 +67,13 @@ from batchbridge.connectors.targets.fhir.bundle import (
     transaction_entries,
 )
 from batchbridge.connectors.targets.fhir.confirm import count_present
+from batchbridge.connectors.targets.fhir.probe import probe_server
+from batchbridge.connectors.targets.fhir.snapshot import (
+    inactivate_absent,
+    plan_snapshot,
+    with_tenant_tag,
+)
+from batchbridge.connectors.targets.fhir.unchanged import find_unchanged
 from batchbridge.connectors.targets.fhir.wire import (
     FHIR_JSON,
     RETRY_STATUSES,
@@ -100,6 +112,7 @@ class FhirTarget(ClosedOnExit):
         *,
         auth: ClientCredentials | None = None,
         bundle_size: int = 200,
+        compare_before_write: bool = True,
         max_attempts: int = 5,
         max_retry_after: float = 60.0,
         timeout_seconds: float = 30.0,
@@ -121,6 +134,7 @@ class FhirTarget(ClosedOnExit):
             raise ConfigError(f"target {name}: max_attempts and bundle_size must be at least 1")
         self.auth = auth
         self.bundle_size = bundle_size
+        self.compare_before_write = compare_before_write
         self.retry_policy = RetryPolicy(
             max_attempts=max_attempts,
             initial_wait=retry_initial_wait,
@@ -141,6 +155,8 @@ class FhirTarget(ClosedOnExit):
 
     def close(self) -> None:
         """Release the HTTP connection pool."""
+        if self.auth is not None:
+            self.auth.close()
         self._client.close()
 
     @property
@@ -151,31 +167,59 @@ class FhirTarget(ClosedOnExit):
 
     def load(self, request: LoadRequest) -> LoadResult:
         """Send `request.rows` as conditional updates in transaction Bundles; count and confirm."""
-        if request.full_snapshot:
-            # Marking the server's other resources inactive would mean paging through
-            # every resource under our identifier system; not done yet. The rows are
-            # still upserted; the report shows 0 inactivated for this target.
-            logger.warning(
-                "target %s: full snapshot loaded as upserts; FHIR resources absent from "
-                "the file are not marked inactive",
-                self.name,
-            )
-        frame = check_load_request(self.name, request, self.columns, _RESERVED).frame
+        checked = check_load_request(self.name, request, self.columns, _RESERVED)
+        frame = checked.frame
         plan = plan_bundles(
             self.name,
-            self.schema.fhir_resources(frame, self.identity),
+            (
+                with_tenant_tag(item, request.tenant)
+                for item in self.schema.fhir_resources(frame, self.identity)
+            ),
             frame.get_column(ROW_COLUMN).to_list(),
         )
-        tally = Tally()
         units = plan.units
+        snapshot = None
+        if request.full_snapshot:
+            # Checked before anything is sent: a load that cannot be a snapshot writes nothing.
+            resources = [unit.resource for unit in units]
+            snapshot = plan_snapshot(
+                self.name,
+                request,
+                keys=checked.keys,
+                frame=frame,
+                resources=resources,
+                shared_system=self.identity.patient_identifier_system,
+            )
+        tally = Tally()
+        orphans = plan.orphans  # supporting resources no row refers to: with the first send
         for number, start in enumerate(range(0, len(units), self.bundle_size), start=1):
-            # Supporting resources no row refers to travel with the first Bundle.
-            orphans = plan.orphans if start == 0 else ()
-            send = functools.partial(self._transaction, plan, orphans=orphans, bundle=number)
             chunk = units[start : start + self.bundle_size]
-            send_bisecting(chunk, send, tally, target=self.name, bundle=number)
+            if self.compare_before_write:
+                same = find_unchanged(
+                    plan, chunk, call=self._call, base_url=self.base_url, target=self.name
+                )
+                tally.unchanged += len(same)
+                chunk = [unit for unit in chunk if unit.row not in same]
+            if chunk:
+                send = functools.partial(self._transaction, plan, orphans=orphans, bundle=number)
+                send_bisecting(chunk, send, tally, target=self.name, bundle=number)
+                orphans = ()
+        if orphans:
+            try:
+                self._transaction(plan, [], orphans, bundle=1)
+            except Refused as refusal:
+                raise TargetError(f"target {self.name}: supporting resources refused") from refusal
         refused = {rejection.row for rejection in tally.rejections}
         confirmed = self.count_present([u.resource for u in units if u.row not in refused])
+        inactivated = 0
+        if snapshot is not None:
+            inactivated = inactivate_absent(
+                snapshot,
+                refused_rows=refused,
+                call=self._call,
+                base_url=self.base_url,
+                target=self.name,
+            )
         return LoadResult(
             target=self.name,
             load_id=request.load_id,
@@ -184,6 +228,7 @@ class FhirTarget(ClosedOnExit):
             rows_unchanged=tally.unchanged,
             rows_rejected=len(tally.rejections),
             rows_confirmed=confirmed,
+            rows_inactivated=inactivated,
             rejections=tuple(sorted(tally.rejections, key=lambda r: r.row)),
         )
 
@@ -192,33 +237,22 @@ class FhirTarget(ClosedOnExit):
         return count_present(resources, call=self._call, base_url=self.base_url, target=self.name)
 
     def check_writable(self, tenant: str) -> datetime:
-        """Prove the server speaks FHIR R4 and accepts a transaction from us; write nothing.
+        """Prove the server speaks FHIR R4 and runs a transaction for us; write nothing.
 
-        GET /metadata (a CapabilityStatement for 4.0.x), then POST an empty transaction
-        Bundle with our token: credentials, scope and the transaction endpoint all work.
-        No resource is created (a clinical server is no place for canary rows).
+        See probe.py: GET /metadata, then a transaction holding one count-only search.
         """
         checked_at = datetime.now(UTC)
-        response = self._call("capability statement", "GET", f"{self.base_url}/metadata")
-        body = json_or_none(response)
-        version = body.get("fhirVersion") if isinstance(body, dict) else None
-        if response.status_code != 200 or not (
-            isinstance(body, dict)
-            and body.get("resourceType") == "CapabilityStatement"
-            and isinstance(version, str)
-            and version.startswith("4.0")
-        ):
-            raise TargetError(
-                f"target {self.name}: /metadata answered HTTP {response.status_code} "
-                "without a FHIR R4 (4.0.x) CapabilityStatement"
-            )
-        try:
-            self._transaction(EMPTY_PLAN, [], (), bundle=0)
-        except Refused as refused:
-            raise TargetError(
-                f"target {self.name}: an empty transaction was refused ({refused.reason})"
-            ) from None
+        probe_server(self._call, self.base_url, self.name)
         return checked_at
+
+    def probe_health(self, tenant: str) -> str:
+        """The health check's probe (`check_writable`), and what it did in words."""
+        version = probe_server(self._call, self.base_url, self.name)
+        token = " with a bearer token from the token endpoint" if self.auth is not None else ""
+        return (
+            f"read the FHIR {version} CapabilityStatement of {httpx.URL(self.base_url).host} "
+            f"and ran a transaction holding one count-only search{token}; nothing written"
+        )
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -253,10 +287,13 @@ class FhirTarget(ClosedOnExit):
         *,
         content: bytes | None = None,
         params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One request, retried on transient failures only; other answers are returned."""
         return call_with_retries(
-            lambda: self._attempt(what, method, url, content=content, params=params),
+            lambda: self._attempt(
+                what, method, url, content=content, params=params, extra=headers or {}
+            ),
             policy=self.retry_policy,
             transient=TransientTargetError,
             log=logger,
@@ -271,9 +308,11 @@ class FhirTarget(ClosedOnExit):
         *,
         content: bytes | None,
         params: Mapping[str, str] | None,
+        extra: Mapping[str, str],
     ) -> httpx.Response:
         where = f"target {self.name}: {what}"
         headers = {"Content-Type": FHIR_JSON} if content is not None else {}
+        headers.update(extra)
         for refreshed in (False, True):
             token = self.auth.token(self._client) if self.auth is not None else None
             if token is not None:
@@ -352,6 +391,7 @@ def build_fhir_target(
         columns=config.columns,
         auth=auth,
         bundle_size=config.bundle_size,
+        compare_before_write=config.compare_before_write,
         max_attempts=config.max_attempts,
         max_retry_after=config.max_retry_after_seconds,
         timeout_seconds=config.timeout_seconds,

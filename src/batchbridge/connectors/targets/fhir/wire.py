@@ -6,11 +6,12 @@ import ipaddress
 import json
 import re
 import urllib.parse
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import httpx
 
-from batchbridge.errors import ConfigError, TransientTargetError
+from batchbridge.errors import ConfigError, TargetError, TransientTargetError
 
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -18,6 +19,21 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 _ISSUE_CODE = re.compile(r"^[a-z][a-z-]{0,39}$")  # FHIR IssueType codes
 _LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+class HttpCall(Protocol):
+    """The target's request function: retries, token and error mapping included."""
+
+    def __call__(
+        self,
+        what: str,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response: ...
 
 
 class TransientHttpError(TransientTargetError):
@@ -99,3 +115,23 @@ def issue_code(response: httpx.Response) -> str:
             if isinstance(code, str) and _ISSUE_CODE.match(code):
                 return code
     return "unknown"
+
+
+def next_link(bundle: Mapping[str, Any], base_url: str, target: str) -> str | None:
+    """The absolute URL of a search page's `next` link (relative ones resolved), or None.
+
+    Only links to the server `base_url` is on are followed: our token goes nowhere else.
+    """
+    for link in bundle.get("link") or []:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            base = httpx.URL(base_url)
+            try:
+                url = base.join(str(link.get("url", "")))
+            except httpx.InvalidURL:
+                raise TargetError(f"target {target}: a search page's next link is no URL") from None
+            if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+                raise TargetError(
+                    f"target {target}: a search page links to another server; not followed"
+                )
+            return str(url)
+    return None
