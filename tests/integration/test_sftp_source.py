@@ -12,13 +12,23 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import paramiko
 import pytest
+from paramiko.sftp import CMD_READ
 
+from batchbridge import progress
 from batchbridge.config import SftpSourceConfig
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.connectors.sources.sftp import SftpSource
+from batchbridge.connectors.ssh.connect import (
+    MAX_READ_SIZE,
+    SAFE_READ_SIZE,
+    SFTP_WINDOW_BYTES,
+    ExtendedSftpClient,
+)
 from batchbridge.demo.keys import generate_ed25519, write_secret_file
 from batchbridge.demo.sftp_server import EmbeddedSftpServer, start_sftp_server
 from batchbridge.errors import (
@@ -95,6 +105,46 @@ def test_fetch_verifies_size_hashes_and_keeps_staging_private(
     assert stat.S_IMODE(staging.stat().st_mode) == 0o700
     assert stat.S_IMODE(fetched.local_path.stat().st_mode) == 0o600
     assert [p.name for p in staging.iterdir()] == ["LAB_1.csv.pgp"]
+
+
+def test_fetch_asks_for_each_byte_once_in_large_pipelined_reads(
+    config: SftpSourceConfig,
+    source: SftpSource,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = os.urandom(6 * 1024 * 1024 + 5)
+    put(Path(config.remote_dir), "BIG.csv.pgp", data)
+    (remote,) = source.list_ready()
+    reads: list[tuple[int, int]] = []
+    send = paramiko.SFTPClient._async_request  # type: ignore[attr-defined]
+
+    def spy(client: paramiko.SFTPClient, owner: object, kind: int, *args: Any) -> Any:
+        if kind == CMD_READ:
+            reads.append((int(args[1]), int(args[2])))
+        return send(client, owner, kind, *args)
+
+    monkeypatch.setattr(paramiko.SFTPClient, "_async_request", spy)
+    amounts: list[int] = []  # the fetch reports its progress through `advanced` only
+    listener: Any = SimpleNamespace(advanced=amounts.append)
+    with progress.listening(listener):
+        fetched = source.fetch(remote, tmp_path / "staging")
+    assert fetched.sha256 == hashlib.sha256(data).hexdigest()
+    # The reads tile the file and the byte past its end: each byte asked for once. The
+    # last came back a byte short, so that byte was asked again: the file did not grow.
+    *tiles, again = reads
+    assert [offset for offset, _ in tiles] == [0, *(o + n for o, n in tiles[:-1])]
+    assert sum(size for _, size in tiles) == len(data) + 1
+    assert again == (len(data), 1)
+    # OpenSSH's limits@openssh.com raises the read size above paramiko's 32 KiB.
+    sftp = source._session.sftp
+    assert isinstance(sftp, ExtendedSftpClient)
+    assert SAFE_READ_SIZE < sftp.read_size() <= MAX_READ_SIZE
+    assert {size for _, size in tiles[:-1]} == {sftp.read_size()}
+    channel = sftp.get_channel()
+    assert channel is not None and channel.in_window_size == SFTP_WINDOW_BYTES
+    # Progress streams: the bytes arrive in many steps that add up to the file.
+    assert sum(amounts) == len(data) and len(amounts) > 10
 
 
 def test_fetch_refuses_truncation_and_links_appearing_after_listing(
@@ -282,6 +332,9 @@ def test_embedded_server_lists_fetches_and_moves(
         (remote,) = source.list_ready()
         fetched = source.fetch(remote, tmp_path / "staging")
         source.mark_processed(remote)
+        sftp = source._session.sftp
+        # No limits@openssh.com here: reads keep the size every server accepts.
+        assert isinstance(sftp, ExtendedSftpClient) and sftp.read_size() == SAFE_READ_SIZE
     assert fetched.sha256 == hashlib.sha256(data).hexdigest()
     assert (outbound / "processed" / "LAB_1.csv.pgp").exists()
 

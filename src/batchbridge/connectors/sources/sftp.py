@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
+import paramiko.sftp as sftp_codes
 
 from batchbridge import progress
 from batchbridge.config import SftpSourceConfig
@@ -25,7 +27,12 @@ from batchbridge.connectors.sources.stability import (
     scan_listing,
 )
 from batchbridge.connectors.sources.staging import StagedFile, prepare_staging_dir
-from batchbridge.connectors.ssh.connect import SshFailure, brief, listdir_attr, prefetch_quietly
+from batchbridge.connectors.ssh.connect import (
+    ExtendedSftpClient,
+    SshFailure,
+    brief,
+    read_pipelined,
+)
 from batchbridge.connectors.ssh.host_keys import parse_host_keys
 from batchbridge.connectors.ssh.session import OverSshSession, SshSession
 from batchbridge.crashpoints import crash_point
@@ -44,9 +51,6 @@ logger = logging.getLogger(__name__)
 # probe raises that refusal as our own error, so its transport logs to a quiet channel.
 _PROBE_LOG_CHANNEL = "batchbridge.sftp.host_key_probe"
 logging.getLogger(_PROBE_LOG_CHANNEL).setLevel(logging.CRITICAL)
-
-# Same chunk size as paramiko's getfo(); prefetch keeps the pipe full either way.
-_CHUNK = 32768
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class SftpSource(OverSshSession):
             base_dir=base_dir,
             sleep=sleep,
             backoff_seconds=backoff_seconds,
+            # Remembers the server's extensions: limits@openssh.com sets the read size.
+            sftp_class=ExtendedSftpClient,
             log=logger,
         )
         self.where = self._session.where
@@ -112,7 +118,7 @@ class SftpSource(OverSshSession):
         )
 
     def fetch(self, remote: RemoteFile, staging_dir: Path) -> FetchedFile:
-        """Download `remote` with prefetch into `staging_dir` (0700) as 0600; verify size, hash."""
+        """Download `remote` (pipelined) into `staging_dir` (0700) as 0600; verify size, hash."""
         check_remote_name(remote.name)
         staging = prepare_staging_dir(staging_dir)
         fetched = self._session.run(
@@ -194,19 +200,12 @@ class SftpSource(OverSshSession):
                 f"{remote.size} (changed since listing); not downloaded"
             )
         with StagedFile(staging, remote) as staged, sftp.open(path, "rb") as handle:
-            if remote.size > 0:
-                prefetch_quietly(handle, remote.size)
             # Read at most one byte past the listed size: a file that grew is refused
             # without downloading all of it.
-            remaining = remote.size + 1
-            while remaining > 0:
-                chunk = handle.read(min(_CHUNK, remaining))
-                if not chunk:
-                    break
+            for chunk in read_pipelined(sftp, handle, remote.size + 1):
                 staged.write(chunk)
                 progress.advance(len(chunk))
                 crash_point("mid_download")
-                remaining -= len(chunk)
             return staged.commit()
 
     def _move_once(self, sftp: paramiko.SFTPClient, remote: RemoteFile) -> None:
@@ -306,6 +305,42 @@ def server_host_key(
         ) from None
     finally:
         transport.close()
+
+
+def listdir_attr(sftp: paramiko.SFTPClient, path: str) -> list[paramiko.SFTPAttributes]:
+    """`sftp.listdir_attr`, except a name that is not UTF-8 is kept (surrogate-escaped).
+
+    paramiko decodes names strictly, so one such name would fail the whole listing; the
+    fallback re-reads the folder through paramiko's request layer and lets the name check
+    refuse that entry alone.
+    """
+    try:
+        return sftp.listdir_attr(path)
+    except UnicodeDecodeError:
+        logger.debug("a name in %s is not valid UTF-8; listing it tolerantly", path)
+    # The request layer and SFTPAttributes._from_msg are not in the type stubs.
+    client: Any = sftp
+    attributes: Any = paramiko.SFTPAttributes
+    _, msg = client._request(sftp_codes.CMD_OPENDIR, client._adjust_cwd(path))
+    handle = msg.get_binary()
+    entries: list[paramiko.SFTPAttributes] = []
+    try:
+        while True:
+            try:
+                kind, msg = client._request(sftp_codes.CMD_READDIR, handle)
+            except EOFError:
+                break
+            if kind != sftp_codes.CMD_NAME:
+                raise paramiko.SFTPError("expected a name response")
+            for _ in range(msg.get_int()):
+                name = msg.get_string().decode("utf-8", "surrogateescape")
+                longname = msg.get_string().decode("utf-8", "replace")
+                attrs = attributes._from_msg(msg, name, longname)
+                if name not in (".", ".."):
+                    entries.append(attrs)
+    finally:
+        client._request(sftp_codes.CMD_CLOSE, handle)
+    return entries
 
 
 def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
