@@ -483,6 +483,94 @@ def test_trailing_whitespace_of_a_message_is_kept() -> None:
     assert only_row(batch_file([message(body=[PID, OBR, obx])]))["record_id"] == "OBS1  "
 
 
+# -- edges of reading every segment at once -------------------------------------------------
+
+
+def test_escapes_are_decoded_per_piece_never_across_a_separator() -> None:
+    def row_for(value_type: str, value: str, code: str = "GLU^Glucose^L") -> dict[str, str]:
+        obx = f"OBX|1|{value_type}|{code}||{value}|||||F||||||||||OBS1"
+        return only_row(batch_file([message(body=[PID, OBR, obx])]))
+
+    # SN parts are decoded one by one: '\F' + '\1' is not the sequence '\F\'.
+    assert row_for("SN", "\\F^\\1")["result_value"] == "\\F\\1"
+    assert row_for("SN", "\\S\\^5")["result_value"] == "^5"
+    # A whole field is decoded as written: 'F^' between two escapes is no known sequence.
+    assert row_for("ST", "a\\F^\\b")["result_value"] == "a\\F^\\b"
+    # Components of one field are cut before decoding, so an escaped delimiter stays data.
+    row = row_for("NM", "95", code="GLU\\T\\X^Glu\\S\\cose^L")
+    assert (row["local_test_code"], row["test_name"]) == ("GLU&X", "Glu^cose")
+    # A coded value's text is chosen as written (.2 unless empty), then decoded.
+    assert row_for("CWE", "POS^\\H\\")["result_value"] == ""
+    assert row_for("CWE", "POS^")["result_value"] == "POS"
+
+
+def test_many_messages_in_one_batch() -> None:
+    """Each message reads its own PID, ORC and OBR; none carries into the next message."""
+    messages: list[list[str]] = []
+    expected: list[tuple[str, str, str]] = []  # record_id, patient_mrn, ordering_provider_npi
+    for n in range(1, 251):
+        body = [] if n % 5 == 0 else [f"PID|1||MRN{n}^^^ACME^MR||Doe^Ann"]
+        if n % 2 == 0:
+            body.append(f"ORC|RE|||||||||||NPI{n}")
+        body.append("OBR|1||" + ("" if n % 7 == 0 else f"F{n}") + "|GLU")
+        for k in range(1, n % 3 + 2):
+            obx21 = "" if n % 7 == 0 else f"OBS{n}.{k}"
+            body.append(f"OBX|{k}|NM|GLU^Glucose||9{k}||||||F||||||||||{obx21}")
+            record_id = f"CTRL{n}-{k}" if n % 7 == 0 else f"OBS{n}.{k}"
+            mrn = "" if n % 5 == 0 else f"MRN{n}"
+            expected.append((record_id, mrn, f"NPI{n}" if n % 2 == 0 else ""))
+        messages.append(message(n, body=body))
+    frame = read(batch_file(messages[:100], messages[100:])).frame
+    assert frame[ROW_COLUMN].to_list() == list(range(1, len(expected) + 1))
+    assert frame.select("record_id", "patient_mrn", "ordering_provider_npi").rows() == expected
+
+
+def test_a_pid_inside_a_message_starts_a_new_patient() -> None:
+    """A second PID takes over the rows after it; the OBX count (for '<MSH-10>-<k>') runs on."""
+    obx = "OBX|1|NM|GLU||95|||||F"
+    body = ["PID|1||A1", ORC, "OBR|1", obx, "PID|2||B2", "OBR|2", obx]
+    rows = read(batch_file([message(4, body=body)])).frame
+    assert rows.select("record_id", "patient_mrn", "ordering_provider_npi").rows() == [
+        ("CTRL4-1", "A1", "1234567893"),
+        ("CTRL4-2", "B2", ""),
+    ]
+    orphan = ["PID|1||A1", "OBR|1", obx, "PID|2||B2", obx]
+    assert "message 1, segment 8: OBX before any OBR" in rejected(
+        batch_file([message(body=orphan)]), MalformedFileError
+    )
+
+
+def test_segment_ends_may_differ_within_one_file() -> None:
+    segments = batch_file([message(1, obx=2), message(2)]).decode().split("\r")[:-1]
+    ends = ["\r", "\r\n", "\n", "\n\r", "\r\r\n"]  # the last two leave a blank segment
+    mixed = "".join(s + ends[i % len(ends)] for i, s in enumerate(segments)).encode()
+    assert read(mixed).frame.equals(read(batch_file([message(1, obx=2), message(2)])).frame)
+    # Numbers in messages count the non-blank segments only (two blank ones come before).
+    broken = mixed.replace(b"OBX|1.2|", b"OBX#1.2|")
+    assert "segment 8 (OBX): field separator differs" in rejected(broken, MalformedFileError)
+
+
+def test_messages_with_swapped_delimiters_beside_standard_ones() -> None:
+    """A message whose field and component characters are '^' and '|' reads like any other,
+    and its '|' as data (in a standard message, the field separator) stays data."""
+    swapped = [
+        "MSH^|~\\&^LIS^LAB^BB^ACME^20261120^^ORU|R01^C2^P^2.5.1",
+        "PID^1^^X9|||ACME|MR~Y8|||ACME|SS^^Roe|Bo",
+        "OBR^1^^F9",
+        "OBX^1^CWE^GLU|Glucose^^123|High a\\S\\b|L^^^^^^F",
+        "OBX^2^ST^GLU^^x\\F\\y~z^^^^^^F",
+    ]
+    frame = read(batch_file([message(1), swapped, message(3)])).frame
+    assert frame.select(
+        "record_id", "patient_mrn", "patient_last_name", "test_name", "result_value"
+    ).rows() == [
+        ("OBS1.1", "ABC1234", SECRET, "Glucose, fasting", "95"),
+        ("F9-GLU", "X9", "Roe", "Glucose", "High a|b"),
+        ("F9-GLU", "X9", "Roe", "", "x^y~z"),
+        ("OBS3.1", "ABC1234", SECRET, "Glucose, fasting", "95"),
+    ]
+
+
 # -- bytes, config, registry ----------------------------------------------------------------
 
 

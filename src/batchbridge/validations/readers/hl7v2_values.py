@@ -1,19 +1,28 @@
-"""Values out of python-hl7's containers: repetitions, components, escapes, date-times.
+"""Values of the hl7v2 reader: delimiters, escape sequences, date-times over whole columns.
 
 Part of the hl7v2 reader (its module docstring says how each value is read).
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
 
-_HL7_DATETIME = re.compile(
-    r"(?P<year>[0-9]{4})(?P<month>[0-9]{2})(?P<day>[0-9]{2})"
+import polars as pl
+
+STANDARD = "|^~\\&"
+"""The usual MSH-1 + MSH-2 (field, component, repetition, escape, subcomponent)."""
+DELIMITERS_COLUMN = "delims"
+"""Column holding each segment's message's MSH-1 + the first four characters of MSH-2."""
+
+# Anchored with \A … \z: Polars' regex searches, and `$` would not do what Python's
+# fullmatch does. [0-9] is ASCII-only there as it is in Python's `re`.
+_HL7_DATETIME = (
+    r"\A(?P<year>[0-9]{4})(?P<month>[0-9]{2})(?P<day>[0-9]{2})"
     r"(?:(?P<hour>[0-9]{2})(?P<minute>[0-9]{2})"
     r"(?:(?P<second>[0-9]{2})(?:\.(?P<fraction>[0-9]{1,9}))?)?)?"
-    r"(?P<zone>[+-][0-9]{4})?"
+    r"(?P<zone>[+-][0-9]{4})?\z"
 )
 
 
@@ -28,48 +37,58 @@ class Delimiters:
     subcomponent: str
     charset: str
 
-
-# -- python-hl7 containers ------------------------------------------------------------------
-# python-hl7 gives a segment as a list whose item n is field n (item 0 is the segment id;
-# for MSH item 1 is MSH-1). A field is a list of repetitions; a repetition is either the
-# plain string (when the field holds no delimiter) or a list of components; str() of any
-# part gives its raw text back, delimiters included.
+    @property
+    def standard_split(self) -> bool:
+        """Whether the field, component and repetition characters are '|', '^' and '~'."""
+        return self.field + self.component + self.repetition == STANDARD[:3]
 
 
-def repetitions_of(segment: Any, number: int) -> list[Any]:
-    """The repetitions of field `number` ([] when the segment is absent or shorter)."""
-    if segment is None or number >= len(segment):
-        return []
-    item = segment[number]
-    if isinstance(item, str):
-        return [item]
-    return list(item)
+@lru_cache(maxsize=256)
+def delimiters(chars: str, charset: str) -> Delimiters:
+    """The Delimiters of MSH-1 + MSH-2 `chars` (five characters, checked by the envelope)."""
+    return Delimiters(chars[0], chars[1], chars[2], chars[3], chars[4], charset)
 
 
-def component_of(repetition: Any, number: int) -> str:
-    """Component `number` (1-based) of a repetition, raw ('' when it has fewer)."""
-    if isinstance(repetition, str):
-        return repetition if number == 1 else ""
-    return str(repetition[number - 1]) if number <= len(repetition) else ""
+# -- a message's own delimiters -------------------------------------------------------------
+# Fields are split for all segments at once with the literal '|', '^' and '~'. A message
+# that declares other characters is rewritten first with a permutation of characters: its
+# field, component and repetition characters become '|', '^' and '~', and any of those it
+# holds as data take the place its own characters left free. Nothing collides, and the
+# inverse gives every piece back exactly as it was written.
 
 
-def field_value(segment: Any, number: int, d: Delimiters, *, component: int | None = 1) -> str:
-    """Field `number` of `segment`, unescaped: its first repetition's `component`, or the
-    whole field (every repetition and component, delimiters kept) when component is None
-    or when the field repeats."""
-    repetitions = repetitions_of(segment, number)
-    if not repetitions:
-        return ""
-    if component is None or len(repetitions) > 1:
-        return unescape(str(segment[number]), d)
-    return unescape(component_of(repetitions[0], component), d)
+@lru_cache(maxsize=256)
+def swap_tables(chars: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(to standard, back from standard) translate tables for MSH-1 + MSH-2 `chars`."""
+    own = chars[:3]
+    standard = STANDARD[:3]
+    mapping = dict(zip(own, standard, strict=True))
+    displaced = [ch for ch in standard if ch not in own]
+    freed = [ch for ch in own if ch not in standard]
+    mapping.update(zip(displaced, freed, strict=True))
+    forward = {ord(a): ord(b) for a, b in mapping.items() if a != b}
+    return forward, {b: a for a, b in forward.items()}
 
 
-# -- values ---------------------------------------------------------------------------------
+def to_standard(texts: pl.Series, chars: pl.Series) -> pl.Series:
+    """`texts` with each message's own delimiters swapped for the standard ones."""
+    mask = chars.str.slice(0, 3) != STANDARD[:3]
+    if not mask.any():
+        return texts
+    # Only the rare messages with their own delimiters come to Python.
+    rows = mask.arg_true()
+    swapped = [
+        text.translate(swap_tables(own)[0])
+        for text, own in zip(texts.gather(rows), chars.gather(rows), strict=True)
+    ]
+    return texts.clone().scatter(rows, swapped)
+
+
+# -- escape sequences -----------------------------------------------------------------------
 
 
 def unescape(text: str, d: Delimiters) -> str:
-    """`text` with HL7 escape sequences decoded (see the module docstring)."""
+    """`text` with HL7 escape sequences decoded (see the hl7v2 module docstring)."""
     escape = d.escape
     if escape not in text:
         return text
@@ -112,27 +131,88 @@ def _decode_sequence(sequence: str, d: Delimiters) -> str | None:
     return None
 
 
-def iso_date(value: str) -> str:
+def unescape_columns(frame: pl.DataFrame, columns: Sequence[str], charset: str) -> pl.DataFrame:
+    """`frame` with `columns` (raw pieces of values, never null) decoded: escape sequences,
+    and the swap back of a message's own delimiters (`to_standard`).
+
+    Most values hold none of the characters that decoding changes: one vectorised test per
+    column picks those that do, and only those go through Python.
+    """
+    chars = frame.get_column(DELIMITERS_COLUMN)
+    special = _special_characters(chars)
+    decoded: list[pl.Series] = []
+    for column in columns:
+        values = frame.get_column(column)
+        rows = values.str.contains_any(special).arg_true()
+        if rows.is_empty():
+            continue
+        new = [
+            _decode(value, own, charset)
+            for value, own in zip(values.gather(rows), chars.gather(rows), strict=True)
+        ]
+        decoded.append(values.clone().scatter(rows, new))
+    return frame.with_columns(decoded) if decoded else frame
+
+
+def _special_characters(chars: pl.Series) -> list[str]:
+    """The characters a value must hold to change when decoded, for any message of the
+    file: its escape character as it reads after `to_standard`, and every character the
+    swap moved. A value of one message may be sent for another's: that costs a call only."""
+    special = {STANDARD[3]}
+    for own in chars.unique().to_list():
+        forward, back = swap_tables(own)
+        escape = ord(own[3])
+        special.add(chr(forward.get(escape, escape)))
+        special.update(map(chr, back))
+    return sorted(special)
+
+
+def _decode(value: str, chars: str, charset: str) -> str:
+    d = delimiters(chars, charset)
+    if not d.standard_split:
+        value = value.translate(swap_tables(chars)[1])
+    return unescape(value, d)
+
+
+# -- date-times -----------------------------------------------------------------------------
+
+
+def iso_date(value: pl.Expr) -> pl.Expr:
     """'YYYYMMDD[HHMM…]' -> 'YYYY-MM-DD'; anything else unchanged."""
-    match = _HL7_DATETIME.fullmatch(value)
-    if match is None:
-        return value
-    return f"{match['year']}-{match['month']}-{match['day']}"
+    # One regex pass: the pieces are read from the struct it gives, not matched again.
+    iso = (
+        value.str.extract_groups(_HL7_DATETIME)
+        .struct.with_fields(
+            iso=pl.concat_str(pl.field("year"), pl.field("month"), pl.field("day"), separator="-")
+        )
+        .struct.field("iso")
+    )
+    return pl.coalesce(iso, value)  # null (no match) -> the value as written
 
 
-def iso_datetime(value: str) -> str:
+def iso_datetime(value: pl.Expr) -> pl.Expr:
     """'YYYYMMDDHHMM[SS[.S…]][±ZZZZ]' -> ISO 8601; anything else (no minutes…) unchanged."""
-    match = _HL7_DATETIME.fullmatch(value)
-    if match is None or match["minute"] is None:
-        return value
-    iso = f"{match['year']}-{match['month']}-{match['day']}T{match['hour']}:{match['minute']}"
-    if match["second"] is not None:
-        iso += f":{match['second']}"
-    if match["fraction"] is not None:
-        iso += f".{match['fraction']}"
-    zone = match["zone"]
-    if zone == "+0000":
-        iso += "Z"
-    elif zone is not None:
-        iso += f"{zone[:3]}:{zone[3:]}"
-    return iso
+    part, zone = pl.field, pl.field("zone")
+    # Null unless the value matched with minutes; each optional part is null when absent,
+    # and ignore_nulls leaves it out.
+    required = pl.concat_str(
+        part("year"), pl.lit("-"), part("month"), pl.lit("-"), part("day"), pl.lit("T"),
+        part("hour"), pl.lit(":"), part("minute"),
+    )  # fmt: skip
+    optional = [
+        pl.concat_str(pl.lit(":"), part("second")),
+        pl.concat_str(pl.lit("."), part("fraction")),
+        pl.when(zone == "+0000")
+        .then(pl.lit("Z"))
+        .otherwise(pl.concat_str(zone.str.slice(0, 3), pl.lit(":"), zone.str.slice(3))),
+    ]
+    iso = (
+        value.str.extract_groups(_HL7_DATETIME)
+        .struct.with_fields(
+            iso=pl.when(required.is_not_null()).then(
+                pl.concat_str([required, *optional], ignore_nulls=True)
+            )
+        )
+        .struct.field("iso")
+    )
+    return pl.coalesce(iso, value)
