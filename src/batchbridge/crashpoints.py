@@ -38,7 +38,8 @@ CRASH_POINTS: tuple[str, ...] = (
     "mid_decrypt",  # connectors/decryptors/gnupg.py: plaintext partly read from gpg
     "after_decrypt",
     "after_verify_ledger",
-    "after_parse",  # tasks/validate.py: parsed, not yet validated
+    "after_parse",  # validations/stream.py: a chunk parsed, not yet validated
+    "mid_stream",  # validations/stream.py: a chunk validated and transformed, more to come
     "after_validate",
     "mid_quarantine_write",  # ledger/store.py: rows inserted, transaction not committed
     "after_quarantine_commit",

@@ -167,6 +167,31 @@ def test_one_failing_file_does_not_stop_the_others(
     assert len(target_rows(postgres_url)) == 15
 
 
+def test_files_in_parallel_each_balance_and_keep_the_discovery_order(
+    scenario: LabFeedScenario, postgres_url: str
+) -> None:
+    feed_yaml = scenario.feed_path
+    feed_yaml.write_text(feed_yaml.read_text() + "parallel_files: 3\n")
+    names = [lab_file_name(FILE_DATE, seq=seq) for seq in range(1, 6)]
+    _drop_unsigned(scenario, names[1])
+    for seq, name in enumerate(names, start=1):
+        if name != names[1]:
+            rows = generate_lab_rows(12, seed=seq, file_date=FILE_DATE)
+            ids = pl.format("S{}-{}", pl.lit(seq), pl.col("record_id")).alias("record_id")
+            scenario.drop_file(name, rows.with_columns(ids))
+
+    report = run_flow(scenario)
+
+    assert [f.name for f in report.files] == names
+    assert [f.outcome for f in report.files] == ["reconciled", "failed"] + ["reconciled"] * 3
+    assert all(f.balanced for f in report.files if f.outcome == "reconciled")
+    loaded = target_rows(postgres_url)
+    assert len(loaded) == 4 * 12
+    again = run_flow(scenario, force=True)
+    assert sum(f.targets["warehouse"].unchanged for f in again.files if f.targets) == 48
+    assert target_rows(postgres_url) == loaded
+
+
 def test_file_still_being_written_is_not_picked_up(
     scenario: LabFeedScenario, postgres_url: str
 ) -> None:

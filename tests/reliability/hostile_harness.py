@@ -21,10 +21,12 @@ from hypothesis import strategies as st
 from batchbridge.config import AnyFormatConfig
 from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame
 from batchbridge.errors import BatchbridgeError, FileRejectedError
-from batchbridge.validations.base import ROW_COLUMN, ValidationContext
+from batchbridge.validations.base import ROW_COLUMN, TransformContext, ValidationContext
 from batchbridge.validations.parse import ValidatedFile, parse_and_validate
 from batchbridge.validations.schemas.lab_results import COLUMNS, LAB_RESULTS
+from batchbridge.validations.stream import StreamedFile, stream_file
 from tests.reliability.conftest import Figures
+from tests.support.plaintext_source import BytesPlaintext
 
 FILE_DATE = date(2026, 11, 20)
 CTX = ValidationContext(
@@ -33,6 +35,7 @@ CTX = ValidationContext(
     timezone="America/Chicago",
     mappings={"local_test_code": mapping_frame()},
 )
+TRANSFORM_CTX = TransformContext("acme_lab", "America/Chicago", CTX.mappings, b"p" * 32)
 # Stands in for a patient value; planted in cells, it must never reach an error message.
 CANARY = "ZEBULONQUIXOTE"
 CANARY_PARTS = ("ZEBULON", "QUIXOTE")
@@ -64,6 +67,10 @@ def hostile_call(
     except Exception:
         figures.add("unhandled_errors")
         raise
+
+
+def _transform(valid: pl.DataFrame) -> pl.DataFrame:
+    return LAB_RESULTS.transform(valid, TRANSFORM_CTX)
 
 
 def good_frame(rows: int = 12, seed: int = 3) -> pl.DataFrame:
@@ -111,10 +118,33 @@ class PlaintextHarness:
             FileRejectedError,
             self.check_rejection,
         )
+        streamed = self.attempt_streamed(data, figures, fmt or self.fmt)
         if isinstance(answer, FileRejectedError):
+            # The nightly run streams: it must refuse the same files (for a file with
+            # more than one fault, it may name another one: the first in file order).
+            assert isinstance(streamed, FileRejectedError), type(streamed).__name__
             return Outcome(rejected=answer)
         self.check_accounted(answer)
+        assert not isinstance(streamed, FileRejectedError), streamed.reason
+        assert (streamed.rows_read, streamed.rows_declared, streamed.quarantined.height) == (
+            answer.rows_read,
+            answer.rows_declared,
+            answer.result.quarantined.height,
+        )
+        streamed.transformed.close()
         return Outcome(validated=answer)
+
+    def attempt_streamed(
+        self, data: bytes, figures: Figures, fmt: AnyFormatConfig
+    ) -> StreamedFile | FileRejectedError:
+        """The same plaintext the way a nightly run reads it: in blocks and small chunks."""
+        source = BytesPlaintext(data, block=8191)
+        return hostile_call(
+            figures,
+            lambda: stream_file(source.open, fmt, LAB_RESULTS, CTX, _transform, chunk_bytes=65536),
+            FileRejectedError,
+            self.check_rejection,
+        )
 
     def check_rejection(self, exc: FileRejectedError) -> None:
         """A rejection names a known reason and carries no cell value, no chained library error."""

@@ -63,8 +63,9 @@ RELEASE_SHARED = (
     "mid_load_record",
 )
 RELEASE_POINTS = RELEASE_ONLY + RELEASE_SHARED
-# Reached once per chunk read: how many chunks depends on pipe timing, at least one a file.
-VARIABLE_ARRIVALS = frozenset({"mid_decrypt", "mid_download"})
+# Reached once per chunk read: how many chunks depends on pipe timing or file size, at
+# least one a file.
+VARIABLE_ARRIVALS = frozenset({"mid_decrypt", "mid_download", "after_parse", "mid_stream"})
 # Kill, then kill the rerun too (at a point every unfinished file reaches), then rerun.
 CHAINS = (
     ("mid_copy@2", "mid_ledger_advance@2"),
@@ -72,9 +73,10 @@ CHAINS = (
     ("mid_quarantine_write@2", "after_load_ledger@1"),
 )
 
-# Quick subset: mid-transaction in the target, committed-but-unrecorded on the second
+# Quick subset: mid-stream, mid-transaction in the target, committed-but-unrecorded on the second
 # target of the first file, reconciled-but-not-archived, and mid-release.
 QUICK_NIGHTLY = (
+    "mid_stream",  # a file part streamed (parsed, validated, transformed): nothing recorded
     "mid_copy",
     "after_target_commit_before_ledger@2",
     "after_reconcile_before_archive",

@@ -113,6 +113,13 @@ class FeedConfig(StrictModel):
         description="Keys of rows encrypted before a rotation; kept until `keys rotate` ran.",
     )
     targets: list[TargetConfig] = Field(min_length=1)
+    parallel_files: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Files of one run processed at once (threads), each with its own "
+        "SFTP and target connections; 1 processes them in order.",
+    )
     schedule: ScheduleConfig | None = None
     alerts: AlertsConfig = AlertsConfig()
     contract: FileContractConfig = FileContractConfig()

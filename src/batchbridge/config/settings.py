@@ -6,8 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchbridge.errors import ConfigError
+
 DEFAULT_CONFIG_DIR = Path("deployments/feeds")
 DEFAULT_VAR_DIR = Path("var")
+DEFAULT_CHUNK_MIB = 16
+"""Plaintext per chunk a file is streamed in (about 100,000 lab records)."""
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,7 @@ class Settings:
     database_url: str
     staging_dir: Path
     config_dir: Path
+    chunk_bytes: int = DEFAULT_CHUNK_MIB * 1024 * 1024
 
 
 def load_settings(config_dir: Path | str | None = None) -> Settings:
@@ -36,4 +41,14 @@ def load_settings(config_dir: Path | str | None = None) -> Settings:
         database_url=database_url,
         staging_dir=staging_dir.resolve(),
         config_dir=Path(chosen_config).resolve(),
+        chunk_bytes=_chunk_mib() * 1024 * 1024,
     )
+
+
+def _chunk_mib() -> int:
+    raw = os.environ.get("BATCHBRIDGE_CHUNK_MIB", "").strip()
+    if not raw:
+        return DEFAULT_CHUNK_MIB
+    if not raw.isdigit() or not 1 <= int(raw) <= 4096:
+        raise ConfigError("BATCHBRIDGE_CHUNK_MIB must be a whole number of MiB from 1 to 4096")
+    return int(raw)

@@ -25,7 +25,7 @@ from batchbridge.connectors.targets.registry import open_target
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError, RunFailedError
 from batchbridge.flows.feed_run import FeedRun, archive_leftover
-from batchbridge.flows.nightly_file import process_file
+from batchbridge.flows.file_workers import FileToDo, process_files
 from batchbridge.flows.tenant_slot import tenant_slot
 from batchbridge.ledger.locks import feed_lock
 from batchbridge.ledger.models import RunStatus
@@ -86,6 +86,7 @@ def _process_feed(
             discovery = select_files(ready, is_done=done, requested=files, force=force)
             report.skipped.update(discovery.skipped)
             stage = "files"
+            todo: list[FileToDo] = []
             for remote in discovery.to_process:
                 marker_name_ = marker_name(config.contract, remote.name)
                 manifest: bytes | None = None
@@ -97,9 +98,9 @@ def _process_feed(
                         continue
                     if config.contract.marker == "manifest":
                         manifest = marker
-                file_report = process_file(run, remote, force=force, manifest=manifest)
-                if file_report is not None:
-                    report.files.append(file_report)
+                todo.append((remote, manifest))
+            workers = config.parallel_files
+            report.files.extend(process_files(run, todo, force=force, workers=workers))
             if config.source.processed_dir is not None:
                 stage = "archive"
                 for remote in ready:

@@ -18,22 +18,21 @@ from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.sources.base import RemoteFile
 from batchbridge.connectors.targets.loading import TargetLoad, load_into_targets
 from batchbridge.crashpoints import crash_point
-from batchbridge.errors import BatchbridgeError
+from batchbridge.errors import BatchbridgeError, FileRejectedError
 from batchbridge.flows.feed_run import FeedRun, archive_remote, feed_staging_dir, snapshot_scope
 from batchbridge.ledger.crypto import RowCipher
 from batchbridge.ledger.models import FileState
 from batchbridge.ledger.run_report import FileReport
-from batchbridge.tasks.decrypt import decrypt_file
 from batchbridge.tasks.fetch import fetch_file
 from batchbridge.tasks.load import load_target
 from batchbridge.tasks.quarantine import encrypt_quarantined_rows
 from batchbridge.tasks.reconcile import reconcile_file
-from batchbridge.tasks.transform import transform_rows
-from batchbridge.tasks.validate import validate_file
+from batchbridge.tasks.stream import stream_rows
 from batchbridge.validations.base import TransformContext, ValidationContext
 from batchbridge.validations.contract import check_declared_count, check_listing, check_manifest
 from batchbridge.validations.parse import file_date_from_name
 from batchbridge.validations.quarantine import count_reasons
+from batchbridge.validations.stream import TransformedRows
 
 
 @contextmanager
@@ -78,6 +77,7 @@ def process_file(
     timings: dict[str, float] = {}
     stage = "contract"
     fetched_path: Path | None = None
+    rows: TransformedRows | None = None
     try:
         check_listing(config.contract, remote, timezone=config.timezone)
         stage = "fetch"
@@ -94,40 +94,55 @@ def process_file(
         crash_point("after_fetch_ledger")
 
         stage = "decrypt"
-        with _timed(timings, "decrypt", file=remote.name, unit="bytes"):
-            plaintext = decrypt_file(run.decryptor, fetched)
-        crash_point("after_decrypt")
-        run.store.advance_file(
-            claim.file_id, FileState.VERIFIED, signer_fingerprint=plaintext.signer_fingerprint
-        )
-        crash_point("after_verify_ledger")
-
-        stage = "validate"
         zone = ZoneInfo(config.timezone)
         file_date = file_date_from_name(remote.name, datetime.now(zone).date())
         vctx = ValidationContext(
             tenant=run.tenant, file_date=file_date, timezone=config.timezone, mappings=run.mappings
         )
-        with _timed(timings, "validate", file=remote.name):
-            validated = validate_file(plaintext.data, config.format, run.schema, vctx)
-            progress.finished_with(validated.rows_read)
+        tctx = TransformContext(
+            tenant=run.tenant,
+            timezone=config.timezone,
+            mappings=run.mappings,
+            pseudonym_key=resolve_secret(config.pseudonym_key, base_dir=run.loaded.base_dir)
+            .get_secret_value()
+            .encode(),
+        )
+        # Decrypt, parse, validate and transform run interleaved, chunk by chunk; their
+        # seconds are summed per part. Nothing is recorded until the signature is good.
+        try:
+            with progress.stage(remote.name, "stream"):
+                streamed = stream_rows(
+                    run.decryptor, fetched, config.format, run.schema, vctx, tctx,
+                    run.settings.chunk_bytes, staging / f"{claim.file_id}.rows",
+                )  # fmt: skip
+            rows = streamed.transformed
+        except FileRejectedError:
+            stage = "validate"
+            raise
+        timings["decrypt"] = round(streamed.seconds.decrypt, 3)
+        crash_point("after_decrypt")
+        run.store.advance_file(
+            claim.file_id, FileState.VERIFIED, signer_fingerprint=streamed.signer_fingerprint
+        )
+        crash_point("after_verify_ledger")
+        stage = "validate"
+        timings["validate"] = round(streamed.seconds.validate, 3)
         crash_point("after_validate")
-        del plaintext  # the bytes are patient data: drop them as soon as they are parsed
-        check_declared_count(config.contract, validated.rows_declared)
-        result = validated.result
-        rows_read, rows_declared = validated.rows_read, validated.rows_declared
-        rows_valid, rows_quarantined = result.valid.height, result.quarantined.height
+        check_declared_count(config.contract, streamed.rows_declared)
+        quarantined = streamed.quarantined
+        rows_read, rows_declared = streamed.rows_read, streamed.rows_declared
+        rows_valid, rows_quarantined = streamed.rows_valid, quarantined.height
         report.rows_read = rows_read
         report.rows_declared = rows_declared
         report.rows_valid = rows_valid
         report.rows_quarantined = rows_quarantined
-        report.quarantine_reasons = count_reasons(result.quarantined)
+        report.quarantine_reasons = count_reasons(quarantined)
 
         stage = "quarantine"
         with _timed(timings, "quarantine", file=remote.name, total=rows_quarantined):
             cipher = RowCipher(resolve_secret(config.quarantine_key, base_dir=run.loaded.base_dir))
             entries = encrypt_quarantined_rows(
-                result.quarantined,
+                quarantined,
                 columns=run.schema.columns,
                 cipher=cipher,
                 file_id=claim.file_id,
@@ -152,21 +167,10 @@ def process_file(
         crash_point("after_validated_ledger")
 
         stage = "transform"
-        tctx = TransformContext(
-            tenant=run.tenant,
-            timezone=config.timezone,
-            mappings=run.mappings,
-            pseudonym_key=resolve_secret(config.pseudonym_key, base_dir=run.loaded.base_dir)
-            .get_secret_value()
-            .encode(),
-        )
-        with _timed(timings, "transform", file=remote.name, total=rows_valid):
-            rows = transform_rows(result.valid, run.schema, tctx)
+        timings["transform"] = round(streamed.seconds.transform, 3)
         crash_point("after_transform")
-        full_snapshot, kept_keys = snapshot_scope(run, remote.name, result.quarantined)
-        # The parsed rows (names, MRNs, ...) are not needed past the transform: release
-        # them before the load, as the plaintext is released after parsing.
-        del validated, result
+        full_snapshot, kept_keys = snapshot_scope(run, remote.name, quarantined)
+        del streamed, entries
 
         stage = "load"
 
@@ -219,6 +223,8 @@ def process_file(
     finally:
         if fetched_path is not None:
             fetched_path.unlink(missing_ok=True)
+        if rows is not None:
+            rows.close()  # the encrypted spill of the transformed rows
         report.stage_seconds = timings
         run.store.record_run_file(
             run_id=run.run_id,

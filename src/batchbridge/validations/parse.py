@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import date
 
 from batchbridge.config import AnyFormatConfig
-from batchbridge.crashpoints import crash_point
 from batchbridge.validations.base import FeedSchema, ValidationContext, ValidationResult
 from batchbridge.validations.formats import read_plaintext
 
@@ -38,7 +37,6 @@ def parse_and_validate(
 ) -> ValidatedFile:
     """Parse strictly (a broken file fails whole), then split rows by the schema's rules."""
     parsed = read_plaintext(data, fmt, schema.columns)
-    crash_point("after_parse")
     result = schema.validate(parsed.frame, ctx)
     return ValidatedFile(
         rows_read=parsed.rows_read, rows_declared=parsed.declared_count, result=result

@@ -143,14 +143,13 @@ def start_fhir_server(
         host,
         "--port",
         "0",
-        "--client-id",
-        client_id,
-        "--client-secret",
-        client_secret,
+        # name=value: a generated secret may start with "-", which argparse would take
+        # for an option of its own
+        f"--client-id={client_id}",
+        f"--client-secret={client_secret}",
         "--token-ttl",
         str(token_ttl),
-        "--reject-codes",
-        ",".join(reject_codes),
+        f"--reject-codes={','.join(reject_codes)}",
     ]
     if state_file is not None:
         command += ["--state-file", str(state_file)]

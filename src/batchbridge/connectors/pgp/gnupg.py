@@ -16,9 +16,12 @@ import os
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from batchbridge import progress
 from batchbridge.connectors.pgp.base import (
     DecryptorKeys,
     DecryptorLimits,
@@ -80,25 +83,32 @@ class GnuPGDecryptor:
 
     def decrypt_and_verify(self, path: Path) -> VerifiedPlaintext:
         """Decrypt `path`; require an MDC and a valid signature by a pinned partner key."""
-        ciphertext_size = path.stat().st_size
+        with self.open_stream(path) as stream:
+            chunks = list(stream.blocks())
+            try:
+                signer = stream.verified()
+            except DecryptError:
+                chunks.clear()  # drop the plaintext before the error travels on
+                raise
+        return VerifiedPlaintext(
+            data=b"".join(chunks), signer_fingerprint=signer[0], signed_at=signer[1]
+        )
+
+    @contextmanager
+    def open_stream(self, path: Path) -> Iterator[GpgStream]:
+        """The plaintext of `path` as it is decrypted; `verified()` once it has all been read.
+
+        The caller must not let anything of the plaintext become visible before
+        `verified()` returned: gpg can only judge the signature at the end.
+        """
         with throwaway_home("bbgpg-", self._gpgconf) as home:
             pinned = self._import_partner_keys(home)
             self._import_private_key(home)
-            plaintext, lines, returncode = self._run_decrypt(home, path, ciphertext_size)
-        try:
-            verdict = evaluate(lines, pinned_fingerprints=pinned, returncode=returncode)
-        except DecryptError as exc:
-            plaintext = b""  # drop our only reference before anything else happens
-            if exc.reason in _TRUNCATION_SUSPECTS and file_looks_truncated(path):
-                raise IntegrityError(
-                    f"{path.name}: message is truncated", reason="truncated"
-                ) from None
-            raise type(exc)(f"{path.name}: {exc}", reason=exc.reason) from None
-        return VerifiedPlaintext(
-            data=plaintext,
-            signer_fingerprint=verdict.signer_fingerprint,
-            signed_at=verdict.signed_at,
-        )
+            stream = GpgStream(self._start_decrypt(home, path), path, pinned, self._limits)
+            try:
+                yield stream
+            finally:
+                stream.close()
 
     # -- keys into the throwaway home --------------------------------------------------
 
@@ -129,9 +139,7 @@ class GnuPGDecryptor:
 
     # -- the decryption itself --------------------------------------------------------
 
-    def _run_decrypt(
-        self, home: Path, path: Path, ciphertext_size: int
-    ) -> tuple[bytes, list[StatusLine], int]:
+    def _start_decrypt(self, home: Path, path: Path) -> _GpgProcess:
         passphrase = self._keys.passphrase
         status_read, status_write = os.pipe()
         pass_fds = [status_write]
@@ -182,47 +190,97 @@ class GnuPGDecryptor:
                 os.close(passphrase_read)
         # A separate thread reads the status pipe so that neither pipe can fill and stall gpg.
         reader.start()
-        try:
-            plaintext = self._read_plaintext(proc, path, ciphertext_size)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            returncode = proc.wait()
-            reader.join()
-        return plaintext, parse_status(b"".join(status_chunks)), returncode
+        return _GpgProcess(proc, reader, status_chunks)
 
-    def _read_plaintext(
-        self, proc: subprocess.Popen[bytes], path: Path, ciphertext_size: int
-    ) -> bytes:
-        assert proc.stdout is not None  # stdout=PIPE
+
+@dataclass
+class _GpgProcess:
+    """A running `gpg --decrypt`: its plaintext pipe and the thread collecting its status."""
+
+    proc: subprocess.Popen[bytes]
+    reader: threading.Thread
+    status_chunks: list[bytes]
+
+    def stop(self) -> tuple[list[StatusLine], int]:
+        """Wait for gpg (killing it if it still runs) and its status; (status lines, exit code)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        returncode = self.proc.wait()
+        self.reader.join()
+        return parse_status(b"".join(self.status_chunks)), returncode
+
+
+class GpgStream:
+    """One file's plaintext from gpg, block by block, then gpg's verdict (see open_stream)."""
+
+    def __init__(
+        self, run: _GpgProcess, path: Path, pinned: set[str], limits: DecryptorLimits
+    ) -> None:
+        self._run = run
+        self._path = path
+        self._pinned = pinned
+        self._limits = limits
+        self._ciphertext_size = path.stat().st_size
+        self._finished = False
+        self._signer: tuple[str, datetime | None] | None = None
+
+    def blocks(self) -> Iterator[bytes]:
+        """Plaintext blocks as gpg writes them; the caps are enforced as they stream."""
+        stdout = self._run.proc.stdout
+        assert stdout is not None  # stdout=PIPE
         max_bytes = self._limits.max_plaintext_bytes
-        max_by_ratio = self._limits.max_compression_ratio * ciphertext_size
-        chunks: list[bytes] = []
+        max_by_ratio = self._limits.max_compression_ratio * self._ciphertext_size
         total = 0
-        with proc.stdout:
-            while True:
-                chunk = proc.stdout.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > max_bytes or total > max_by_ratio:
-                    proc.kill()
-                    chunks.clear()
-                    if total > max_bytes:
-                        raise PlaintextLimitError(
-                            f"{path.name}: plaintext is over the cap of {max_bytes} bytes",
-                            reason="plaintext_too_large",
-                        )
+        while True:
+            chunk = stdout.read(_READ_CHUNK)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes or total > max_by_ratio:
+                self._run.proc.kill()
+                if total > max_bytes:
                     raise PlaintextLimitError(
-                        f"{path.name}: plaintext is more than "
-                        f"{self._limits.max_compression_ratio:g} times the ciphertext size "
-                        "(decompression-bomb guard)",
-                        reason="compression_ratio",
+                        f"{self._path.name}: plaintext is over the cap of {max_bytes} bytes",
+                        reason="plaintext_too_large",
                     )
-                chunks.append(chunk)
-                progress.advance(len(chunk))
-                crash_point("mid_decrypt")
-        return b"".join(chunks)
+                raise PlaintextLimitError(
+                    f"{self._path.name}: plaintext is more than "
+                    f"{self._limits.max_compression_ratio:g} times the ciphertext size "
+                    "(decompression-bomb guard)",
+                    reason="compression_ratio",
+                )
+            crash_point("mid_decrypt")
+            yield chunk
+        self._finished = True
+
+    def verified(self) -> tuple[str, datetime | None]:
+        """(signer fingerprint, signed at) once every block was read; DecryptError if not good.
+
+        Called early (a parse error before the end), the rest is read and dropped first,
+        so a file whose signature fails says so rather than what the parser found.
+        """
+        if self._signer is not None:
+            return self._signer
+        if not self._finished:
+            for _block in self.blocks():
+                pass
+        lines, returncode = self._run.stop()
+        try:
+            verdict = evaluate(lines, pinned_fingerprints=self._pinned, returncode=returncode)
+        except DecryptError as exc:
+            if exc.reason in _TRUNCATION_SUSPECTS and file_looks_truncated(self._path):
+                raise IntegrityError(
+                    f"{self._path.name}: message is truncated", reason="truncated"
+                ) from None
+            raise type(exc)(f"{self._path.name}: {exc}", reason=exc.reason) from None
+        self._signer = (verdict.signer_fingerprint, verdict.signed_at)
+        return self._signer
+
+    def close(self) -> None:
+        """Stop gpg if it still runs (the caller gave up early)."""
+        self._run.stop()
 
 
 def _drain(fd: int, sink: list[bytes]) -> None:

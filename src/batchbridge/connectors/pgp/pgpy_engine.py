@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from pgpy.constants import SignatureType, SymmetricKeyAlgorithm
 from batchbridge.connectors.pgp.base import (
     DecryptorKeys,
     DecryptorLimits,
+    PlaintextStream,
     VerifiedPlaintext,
+    whole_message_stream,
 )
 from batchbridge.connectors.pgp.keys import (
     PGPKey,
@@ -94,6 +97,10 @@ class PGPyDecryptor:
         # pgpy unlocks a key by mutating it in place and wipes it on exit: concurrent
         # decryptions (Prefect runs tasks in threads) must not interleave there.
         self._unlock_lock = threading.Lock()
+
+    def open_stream(self, path: Path) -> AbstractContextManager[PlaintextStream]:
+        """pgpy reads a message whole: the stream is one block."""
+        return whole_message_stream(self, path)
 
     def decrypt_and_verify(self, path: Path) -> VerifiedPlaintext:
         """Decrypt `path`; require an MDC and a valid signature by a pinned partner key."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -9,10 +10,25 @@ from typing import Protocol, runtime_checkable
 import polars as pl
 
 
+class RowChunks(Protocol):
+    """A file's rows chunk by chunk, readable again from the start (a retry reads them again)."""
+
+    def frames(self) -> Iterator[pl.DataFrame]:
+        """The rows, a chunk at a time."""
+        ...
+
+    @property
+    def height(self) -> int:
+        """How many rows `frames` yields."""
+        ...
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """What to load: the rows for this target plus the lineage every row carries.
 
+    `rows` holds the rows, or, when `chunks` is set (targets with `accepts_chunks`), no
+    rows but their columns and types: the rows then come chunk by chunk from `chunks`.
     `full_snapshot`: the rows are every current record of the tenant, so a target that
     keeps state marks the tenant's other records inactive (never deletes them), except
     those whose keys are in `kept_keys` (rows of the file that were quarantined).
@@ -27,6 +43,12 @@ class LoadRequest:
     source_name: str = ""
     full_snapshot: bool = False
     kept_keys: pl.DataFrame | None = None
+    chunks: RowChunks | None = None
+
+    @property
+    def rows_sent(self) -> int:
+        """Rows in the request, whichever way they come."""
+        return self.rows.height if self.chunks is None else self.chunks.height
 
 
 @dataclass(frozen=True)

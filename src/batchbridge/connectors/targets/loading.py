@@ -6,16 +6,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult, Target
+from batchbridge.connectors.targets.base import LoadRequest, LoadResult, RowChunks, Target
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ReconciliationError, withhold_unexpected_errors
 from batchbridge.ledger.run_report import TargetCounts
 from batchbridge.ledger.store import LoadRecord
+from batchbridge.validations.stream import TransformedRows
 from batchbridge.validations.transform import select_target_columns
 
 LoadFn = Callable[[Target, LoadRequest], LoadResult]
@@ -76,7 +77,7 @@ def load_into_targets(
     tenant: str,
     natural_key: tuple[str, ...],
     file_id: str,
-    rows: pl.DataFrame,
+    rows: pl.DataFrame | TransformedRows,
     on_loaded: Callable[[TargetLoad], None],
     load: LoadFn = load_rows_scrubbed,
     feed: str = "",
@@ -87,34 +88,65 @@ def load_into_targets(
     """Load one file's transformed rows into every target (each with its columns only).
 
     Each target gets a new load id; `file_id` and the rows' ROW_COLUMN are the lineage.
+    A streamed file's rows (`TransformedRows`) go chunk by chunk to the targets that
+    accept chunks (`accepts_chunks`: the SQL targets) and whole to the others.
     `on_loaded` runs right after each target commits, so a failure in a later target
     leaves the earlier loads recorded. With `full_snapshot`, targets mark the tenant's
     records missing from `rows` inactive, except `kept_keys` (the file's quarantined rows).
     """
     done: list[TargetLoad] = []
     for target, columns in targets:
+
+        def selected(frame: pl.DataFrame, columns: Sequence[str] = columns) -> pl.DataFrame:
+            return select_target_columns(frame, natural_key=natural_key, columns=columns)
+
+        chunks: RowChunks | None = None
+        if isinstance(rows, pl.DataFrame):
+            whole = selected(rows)
+        elif getattr(target, "accepts_chunks", False):
+            whole, chunks = selected(rows.shape), _Selected(rows, selected)
+        else:
+            whole = selected(rows.collect())  # a target that needs every row at once
         request = LoadRequest(
             tenant=tenant,
             natural_key=natural_key,
             load_id=str(uuid.uuid4()),
             file_id=file_id,
-            rows=select_target_columns(rows, natural_key=natural_key, columns=columns),
+            rows=whole,
             feed=feed,
             source_name=source_name,
             full_snapshot=full_snapshot,
             kept_keys=kept_keys,
+            chunks=chunks,
         )
         started = time.perf_counter()
         result = load(target, request)
         crash_point("after_target_commit_before_ledger")
         loaded = TargetLoad(
             result=result,
-            rows_sent=request.rows.height,
+            rows_sent=request.rows_sent,
             seconds=round(time.perf_counter() - started, 3),
         )
         on_loaded(loaded)
         done.append(loaded)
     return done
+
+
+class _Selected:
+    """A streamed file's rows with one target's columns only, chunk by chunk."""
+
+    def __init__(
+        self, rows: TransformedRows, select: Callable[[pl.DataFrame], pl.DataFrame]
+    ) -> None:
+        self._rows, self._select = rows, select
+
+    def frames(self) -> Iterator[pl.DataFrame]:
+        for frame in self._rows.frames():
+            yield self._select(frame)
+
+    @property
+    def height(self) -> int:
+        return self._rows.height
 
 
 def reconcile_counts(

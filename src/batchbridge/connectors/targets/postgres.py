@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -45,6 +45,7 @@ from batchbridge.connectors.targets.sql_target import (
     SqlTarget,
     describe_failure,
     mark_absent_inactive,
+    refuse_repeated_keys,
 )
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ConfigError, TargetError, TransientTargetError
@@ -130,7 +131,8 @@ class PostgresTarget(SqlTarget[CopySession]):
             phase.name = "prepare table"
             self._ensure_table(session.cur, plan)
             phase.name = "copy rows to staging"
-            self._stage(session, plan.staged, plan.frame)
+            self._stage(session, plan.staged, plan.frames())
+            refuse_repeated_keys(session, self.sql, plan, self.name)
             crash_point("after_copy_before_upsert")
             phase.name = "upsert"
             inserted, updated = self._upsert(session.cur, plan, params)
@@ -166,7 +168,7 @@ class PostgresTarget(SqlTarget[CopySession]):
             if not self._table_exists(session):
                 return 0
             phase.name = "copy keys to staging"
-            self._stage(session, key_columns, csv_ready(keys))
+            self._stage(session, key_columns, [csv_ready(keys)])
             phase.name = "count keys"
             return session.count(self.sql.count_present(key_columns), {"tenant": tenant})
 
@@ -251,17 +253,21 @@ class PostgresTarget(SqlTarget[CopySession]):
         where = f"{self.db_schema}.{self.table}"
         require_columns(self.name, where, plan.columns, self._columns_of(cur, oid))
 
-    def _stage(self, session: CopySession, columns: Sequence[str], frame: pl.DataFrame) -> None:
+    def _stage(
+        self, session: CopySession, columns: Sequence[str], frames: Iterable[pl.DataFrame]
+    ) -> None:
         """Create the temp staging table with the target's own column types and COPY into it.
 
         Taking the types from the target (not from polars) makes the server parse the CSV
         straight into them, so the upsert needs no casts and an older table still works.
+        A chunked load is copied as its chunks come, so only one is ever in memory here.
         """
         session.execute(self.sql.create_stage(columns))
         crash_point("before_copy")
-        session.insert_rows(
-            self.sql.stage, columns, frame, after_batch=lambda: crash_point("mid_copy")
-        )
+        for frame in frames:
+            session.insert_rows(
+                self.sql.stage, columns, frame, after_batch=lambda: crash_point("mid_copy")
+            )
 
     def _upsert(self, cur: Cursor, plan: SqlPlan, params: Params) -> tuple[int, int]:
         # xmax is 0 on a freshly inserted row version and set on an updated one; the

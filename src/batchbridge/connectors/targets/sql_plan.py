@@ -16,8 +16,8 @@ every value is a named parameter, never part of the text.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -79,10 +79,21 @@ class SqlPlan:
     frame: pl.DataFrame  # keys + data + ROW_COLUMN, nothing else (data minimization)
     snapshot: bool = False
     kept: pl.DataFrame | None = None  # keys (as text) of quarantined rows a snapshot keeps
+    chunks: Callable[[], Iterator[pl.DataFrame]] | None = None
+    """For a chunked request: its rows, checked and prepared chunk by chunk (`frame` is
+    then empty and gives only the columns and types)."""
+    chunked_rows: int = 0
 
     @property
     def sent(self) -> int:
-        return self.frame.height
+        return self.frame.height if self.chunks is None else self.chunked_rows
+
+    def frames(self) -> Iterator[pl.DataFrame]:
+        """The rows to stage, whole or a chunk at a time."""
+        if self.chunks is None:
+            yield self.frame
+        else:
+            yield from self.chunks()
 
     @property
     def staged(self) -> tuple[str, ...]:
@@ -133,12 +144,22 @@ def plan_load(
     kept = None
     if request.full_snapshot and request.kept_keys is not None:
         kept = request.kept_keys.select([pl.col(k).cast(pl.String) for k in checked.keys]).unique()
+    source = request.chunks
+
+    def chunks() -> Iterator[pl.DataFrame]:
+        assert source is not None
+        for frame in source.frames():
+            one = replace(request, rows=frame, chunks=None)
+            yield prepare(check_load_request(target, one, columns, RESERVED_COLUMNS).frame)
+
     return SqlPlan(
         keys=checked.keys,
         data=checked.data,
         frame=prepare(checked.frame),
         snapshot=request.full_snapshot,
         kept=kept,
+        chunks=None if source is None else chunks,
+        chunked_rows=0 if source is None else source.height,
     )
 
 
@@ -257,6 +278,13 @@ class SqlStatements:
             ]
         )
         return f"SELECT count(*) FROM {self.table} AS t JOIN {self.stage} AS s ON {join}"
+
+    def repeated_keys(self, keys: Sequence[str]) -> str:
+        """How many keys occur more than once in the stage (chunks are checked one by one)."""
+        return (
+            f"SELECT count(*) FROM (SELECT 1 FROM {self.stage} "
+            f"GROUP BY {idents(keys)} HAVING count(*) > 1) AS repeated"
+        )
 
     def count_rows(self) -> str:
         """Rows of the `tenant` parameter."""

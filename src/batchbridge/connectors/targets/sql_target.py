@@ -9,7 +9,7 @@ IMMEDIATE transaction on one file); what they do inside is written here once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
 
@@ -58,11 +58,26 @@ S = TypeVar("S", bound=SqlSession)
 
 
 def stage_rows(
-    session: SqlSession, sql: SqlStatements, columns: Sequence[str], frame: pl.DataFrame
+    session: SqlSession, sql: SqlStatements, columns: Sequence[str], frames: Iterable[pl.DataFrame]
 ) -> None:
-    """Create the staging table for `columns` and fill it with `frame`."""
+    """Create the staging table for `columns` and fill it with `frames`, one after another."""
     session.execute(sql.create_stage(columns))
-    session.insert_rows(sql.stage, columns, frame)
+    for frame in frames:
+        session.insert_rows(sql.stage, columns, frame)
+
+
+def refuse_repeated_keys(
+    session: SqlSession, sql: SqlStatements, plan: SqlPlan, target: str
+) -> None:
+    """A chunked load's keys must be unique across its chunks too (each was checked alone).
+
+    Validation guarantees it; this keeps a bug upstream from letting one copy win silently.
+    """
+    if plan.chunks is not None and session.count(sql.repeated_keys(plan.keys), {}):
+        raise TargetError(
+            f"target {target}: rows of one load share a natural key ({', '.join(plan.keys)}) "
+            "across chunks; the validation stage guarantees unique keys, so the load is refused"
+        )
 
 
 def mark_absent_inactive(
@@ -86,6 +101,8 @@ class SqlTarget(ClosedOnExit, ABC, Generic[S]):
 
     name: str
     sql: SqlStatements
+    accepts_chunks = True
+    """Loads take a streamed file's rows chunk by chunk (LoadRequest.chunks)."""
 
     @abstractmethod
     def _run(self, action: str, work: Callable[[S, Phase], T], *, write: bool) -> T:

@@ -33,6 +33,7 @@ from batchbridge.connectors.targets.sql_target import (
     SqlTarget,
     describe_failure,
     mark_absent_inactive,
+    refuse_repeated_keys,
     stage_rows,
 )
 from batchbridge.errors import TargetError, TransientTargetError
@@ -148,7 +149,8 @@ class SqliteTarget(SqlTarget[_Session]):
             phase.name = "prepare table"
             self._ensure_table(session, plan)
             phase.name = "stage rows"
-            stage_rows(session, self.sql, plan.staged, plan.frame)
+            stage_rows(session, self.sql, plan.staged, plan.frames())
+            refuse_repeated_keys(session, self.sql, plan, self.name)
             phase.name = "upsert"
             existing = session.count(self.sql.count_present(plan.keys), params)
             changed = session.execute(self.sql.upsert(plan), params)
@@ -184,7 +186,7 @@ class SqliteTarget(SqlTarget[_Session]):
             if not self._table_exists(session):
                 return 0
             phase.name = "stage keys"
-            stage_rows(session, self.sql, key_columns, keys)
+            stage_rows(session, self.sql, key_columns, [keys])
             phase.name = "count keys"
             count = session.count(self.sql.count_present(key_columns), {"tenant": tenant})
             session.execute(self.sql.drop(self.sql.stage))

@@ -29,6 +29,7 @@ import csv
 import io
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -98,13 +99,13 @@ def read_delimited(data: bytes, fmt: FormatConfig, columns: tuple[str, ...]) -> 
         body_start = 0
         lines_before_body = lines_before_header
 
-    body_end, declared = _find_trailer(text_bytes, body_start, fmt, delimiter)
+    body_end, declared = find_trailer(text_bytes, body_start, fmt, delimiter)
     body = text_bytes[body_start:body_end]
     if not body.strip(b"\r\n"):
-        frame = _empty_frame(columns)
+        frame = empty_frame(columns)
     else:
-        frame = _parse_body(body, names, fmt, quoting, delimiter, prefix, body_start,
-                            lines_before_body, data)  # fmt: skip
+        at = BodyAt(offset=prefix + body_start, lines=lines_before_body, records=0)
+        frame = parse_body(body, names, fmt, quoting, delimiter, at)
 
     rows = frame.height
     if header_declared is not None and header_declared != rows:
@@ -119,7 +120,7 @@ def read_delimited(data: bytes, fmt: FormatConfig, columns: tuple[str, ...]) -> 
     )
 
 
-def _find_trailer(
+def find_trailer(
     text: bytes, body_start: int, fmt: FormatConfig, delimiter: bytes
 ) -> tuple[int, int | None]:
     """(end of the data records, declared count or None) after dropping a trailer."""
@@ -158,25 +159,30 @@ def _find_trailer(
     return end, None
 
 
-def _empty_frame(columns: tuple[str, ...]) -> pl.DataFrame:
+def empty_frame(columns: tuple[str, ...]) -> pl.DataFrame:
     return pl.DataFrame(schema={**{c: pl.String for c in columns}, ROW_COLUMN: pl.UInt32})
 
 
-def _parse_body(
-    body: bytes,
-    names: list[str],
-    fmt: FormatConfig,
-    quoting: bool,
-    delimiter: bytes,
-    prefix: int,
-    body_start: int,
-    lines_before_body: int,
-    original: bytes,
+@dataclass(frozen=True)
+class BodyAt:
+    """Where a run of data records starts in the file as received (for messages, row numbers)."""
+
+    offset: int
+    """Bytes before it."""
+    lines: int
+    """Lines before it."""
+    records: int
+    """Data records before it."""
+
+
+def parse_body(
+    body: bytes, names: list[str], fmt: FormatConfig, quoting: bool, delimiter: bytes, at: BodyAt
 ) -> pl.DataFrame:
+    """Whole data records (no header, no trailer) as strings, numbered from `at.records + 1`."""
     if quoting and body.count(QUOTE) % 2:
         # In RFC 4180 every quote opens, closes or is doubled: an odd count means
         # some quoted field never closes.
-        where = _locate(body, names, fmt, quoting, lines_before_body)
+        where = _locate(body, names, fmt, quoting, at)
         raise MalformedFileError(f"unbalanced quotes{where}")
     try:
         frame = pl.read_csv(
@@ -193,12 +199,11 @@ def _parse_body(
             null_values=None,
             try_parse_dates=False,
             row_index_name=ROW_COLUMN,
-            row_index_offset=1,
+            row_index_offset=at.records + 1,
         )
     except Exception:
         # polars' message can quote the offending field: replace it with ours.
-        raise _diagnose(body, names, fmt, quoting, prefix, body_start, lines_before_body,
-                        original) from None  # fmt: skip
+        raise _diagnose(body, names, fmt, quoting, at) from None
 
     # polars pads a record with too few fields instead of failing (it does fail on
     # too many). Every delimiter byte is either a separator or part of a value, so
@@ -209,36 +214,27 @@ def _parse_body(
         pl.sum_horizontal(pl.col(names).str.count_matches(fmt.delimiter, literal=True)).sum()
     ).item()
     if separators != (len(names) - 1) * frame.height + (in_values or 0):
-        where = _locate(body, names, fmt, quoting, lines_before_body)
+        where = _locate(body, names, fmt, quoting, at)
         raise MalformedFileError(f"record with the wrong number of fields{where}")
     return frame
 
 
 def _diagnose(
-    body: bytes,
-    names: list[str],
-    fmt: FormatConfig,
-    quoting: bool,
-    prefix: int,
-    body_start: int,
-    lines_before_body: int,
-    original: bytes,
+    body: bytes, names: list[str], fmt: FormatConfig, quoting: bool, at: BodyAt
 ) -> MalformedFileError:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
         if fmt.encoding == "utf-8":
-            offset = prefix + body_start + exc.start
-            line = original.count(b"\n", 0, offset) + 1
+            offset = at.offset + exc.start
+            line = at.lines + body.count(b"\n", 0, exc.start) + 1
             return MalformedFileError(f"not valid UTF-8 at byte offset {offset} (line {line})")
         return MalformedFileError("not valid text after transcoding")
-    where = _locate(body, names, fmt, quoting, lines_before_body)
+    where = _locate(body, names, fmt, quoting, at)
     return MalformedFileError(f"not valid delimited text (quoting or field count){where}")
 
 
-def _locate(
-    body: bytes, names: list[str], fmt: FormatConfig, quoting: bool, lines_before_body: int
-) -> str:
+def _locate(body: bytes, names: list[str], fmt: FormatConfig, quoting: bool, at: BodyAt) -> str:
     """' in record N (line L): …' for the first broken record, found the slow way.
 
     Only runs once a file has already failed, so a pure-Python pass is affordable.
@@ -269,7 +265,7 @@ def _locate(
     line = 0
     while True:
         start_line = line + 1
-        where = f" in record {record + 1} (line {lines_before_body + start_line})"
+        where = f" in record {at.records + record + 1} (line {at.lines + start_line})"
         try:
             fields = next(reader)
         except StopIteration:
