@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any, ClassVar
 
-import pandera.polars as pa
 import polars as pl
 
 from batchbridge.errors import ConfigError
@@ -32,7 +31,7 @@ from batchbridge.validations.base import (
     ValidationContext,
     ValidationResult,
 )
-from batchbridge.validations.rules import split_by_rules
+from batchbridge.validations.rules import RuleSet, contract_schema, split_by_rules
 from batchbridge.validations.schemas.lab_results import pseudonymize
 
 COLUMNS: tuple[str, ...] = (
@@ -78,8 +77,6 @@ EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s.]+$"
 PHONE_PUNCTUATION = r"[\s().+\-/]"
 EARLIEST_BIRTH_DATE = date(1900, 1, 1)
 
-Rule = tuple[str, Any]
-
 
 def _plan_table(mappings: dict[str, pl.DataFrame]) -> pl.DataFrame:
     table = mappings.get(PLAN_MAPPING)
@@ -102,79 +99,86 @@ def phone_digits(column: checks.ColumnLike) -> pl.Expr:
     return checks.trimmed(column).str.replace_all(PHONE_PUNCTUATION, "")
 
 
-def _rules(ctx: ValidationContext, plan_codes: list[str]) -> dict[str, list[Rule]]:
-    required: Rule = ("required", checks.required)
+# Helper columns (for the rules and the transform only, never added to the rows): each
+# date is parsed once.
+DATE_COLUMNS: tuple[str, ...] = ("birth_date", "effective_from", "effective_to")
+PARSED: dict[str, str] = {column: f"__{column}_date" for column in DATE_COLUMNS}
 
-    def date_rules(*, mandatory: bool) -> list[Rule]:
-        rules: list[Rule] = [("date_format", lambda c: checks.date_format(c, DATE_LAYOUT))]
-        return [required, *rules] if mandatory else rules
 
+def _parsed_dates() -> list[pl.Expr]:
+    """A stage parsing every date column once (read them as pl.col(PARSED[column]))."""
+    return [
+        checks.parse_date(checks.Trimmed(column), DATE_LAYOUT).alias(PARSED[column])
+        for column in DATE_COLUMNS
+    ]
+
+
+def _rules(ctx: ValidationContext, plan_codes: list[str]) -> dict[str, list[tuple[str, pl.Expr]]]:
+    """Every rule of the spec, per column, in the order reasons are listed.
+
+    The rules read trimmed columns (`RuleSet` trims them once) and the parsed dates.
+    """
+    v = {column: checks.Trimmed(column) for column in COLUMNS}
+    parsed = {column: pl.col(name) for column, name in PARSED.items()}
+
+    def required(column: str) -> tuple[str, pl.Expr]:
+        return ("required", checks.required(v[column]))
+
+    def date_format(column: str) -> tuple[str, pl.Expr]:
+        return ("date_format", checks.date_format(v[column], DATE_LAYOUT, parsed=parsed[column]))
+
+    birth_date = parsed["birth_date"]
     return {
-        "member_id": [required, ("unique", checks.unique)],
-        "mrn": [required, ("pattern", lambda c: checks.matches(c, MRN_PATTERN))],
-        "given": [required],
-        "family": [required],
+        "member_id": [required("member_id"), ("unique", checks.unique(v["member_id"]))],
+        "mrn": [required("mrn"), ("pattern", checks.matches(v["mrn"], MRN_PATTERN))],
+        "given": [required("given")],
+        "family": [required("family")],
         "birth_date": [
-            *date_rules(mandatory=True),
+            required("birth_date"),
+            date_format("birth_date"),
             (
                 "not_in_future",
-                lambda c: checks.date_in_range(
-                    c, EARLIEST_BIRTH_DATE, ctx.file_date, layout=DATE_LAYOUT
-                ),
+                checks.parsed_date_in_range(birth_date, EARLIEST_BIRTH_DATE, ctx.file_date),
             ),
         ],
         "gender": [
-            required,
-            ("one_of", lambda c: checks.one_of(c, GENDER_VALUES, case_insensitive=True)),
+            required("gender"),
+            ("one_of", checks.one_of(v["gender"], GENDER_VALUES, case_insensitive=True)),
         ],
         "phone": [
             (
                 "ten_digits",
-                lambda c: (
-                    pl.when(checks.present(c))
-                    .then(phone_digits(c).str.contains(r"^[0-9]{10}$"))
-                    .otherwise(True)
-                ),
+                pl.when(checks.present(v["phone"]))
+                .then(phone_digits(v["phone"]).str.contains(r"^[0-9]{10}$"))
+                .otherwise(True),
             )
         ],
-        "email": [("plausible_email", lambda c: checks.matches(c, EMAIL_PATTERN))],
-        "pcp_npi": [("npi_luhn", checks.npi_luhn)],
-        "plan_code": [required, ("unmapped_code", lambda c: checks.one_of(c, plan_codes))],
-        "effective_from": date_rules(mandatory=True),
+        "email": [("plausible_email", checks.matches(v["email"], EMAIL_PATTERN))],
+        "pcp_npi": [("npi_luhn", checks.npi_luhn(v["pcp_npi"]))],
+        "plan_code": [
+            required("plan_code"),
+            ("unmapped_code", checks.one_of(v["plan_code"], plan_codes)),
+        ],
+        "effective_from": [required("effective_from"), date_format("effective_from")],
         "effective_to": [
-            *date_rules(mandatory=False),
+            date_format("effective_to"),
             (
                 "not_before_effective_from",
-                lambda c: checks.date_not_before(c, "effective_from", DATE_LAYOUT),
+                (parsed["effective_to"] >= parsed["effective_from"]).fill_null(True),
             ),
         ],
     }
 
 
-def build_schema(ctx: ValidationContext) -> pa.DataFrameSchema:
-    """The pandera contract for one roster file: string columns + named row rules."""
-    rules = _rules(ctx, _plan_table(ctx.mappings)["plan_code"].to_list())
-    columns: dict[str, pa.Column] = {
-        name: pa.Column(
-            pl.String,
-            nullable=True,  # presence is the `required` rule, so it gets a reason
-            checks=[checks.column_check(rule, expr) for rule, expr in rules[name]],
-        )
-        for name in COLUMNS
-    }
-    columns[ROW_COLUMN] = pa.Column(pl.UInt32, nullable=False)
-    return pa.DataFrameSchema(columns, strict=True, name="patient_roster")
-
-
-def _reason_order(ctx: ValidationContext) -> dict[str, int]:
-    rules = _rules(ctx, [])
-    names = [f"{column}:{rule}" for column in COLUMNS for rule, _ in rules[column]]
-    return {name: position for position, name in enumerate(names)}
+CONTRACT = contract_schema("patient_roster", COLUMNS)
+"""The pandera contract of a parsed roster: its columns as strings + ROW_COLUMN."""
 
 
 def validate(frame: pl.DataFrame, ctx: ValidationContext) -> ValidationResult:
     """Split a parsed roster into valid rows and quarantined rows with reasons."""
-    return split_by_rules(build_schema(ctx), frame, frame, _reason_order(ctx))
+    rules = _rules(ctx, _plan_table(ctx.mappings)["plan_code"].to_list())
+    rule_set = RuleSet.by_column(rules, trim=COLUMNS, stages=[_parsed_dates()])
+    return split_by_rules(CONTRACT, rule_set, frame)
 
 
 def _blank_to_null(expr: pl.Expr, name: str) -> pl.Expr:
@@ -184,27 +188,31 @@ def _blank_to_null(expr: pl.Expr, name: str) -> pl.Expr:
 def transform(valid: pl.DataFrame, ctx: TransformContext) -> pl.DataFrame:
     """Valid rows -> target shape: member_id + OUTPUT_COLUMNS + ROW_COLUMN."""
     plans = _plan_table(ctx.mappings)
-    code = checks.trimmed("plan_code")
     patient_key = pseudonymize(valid["mrn"], tenant=ctx.tenant, key=ctx.pseudonym_key)
-    return valid.with_columns(patient_key).select(
-        checks.trimmed("member_id").alias("member_id"),
+    # Every column is trimmed once, in place; the rest reads the trimmed values.
+    plan = checks.with_stages(
+        valid.lazy().with_columns(patient_key), [checks.trim_stage(COLUMNS), _parsed_dates()]
+    )
+    code = pl.col("plan_code")
+    return plan.select(
+        pl.col("member_id"),
         pl.col("patient_key"),
-        code.alias("plan_code"),
+        code,
         code.replace_strict(
             plans["plan_code"], plans["plan_name"], default=None, return_dtype=pl.String
         ).alias("plan_name"),
-        checks.parse_date("effective_from", DATE_LAYOUT).alias("effective_from"),
-        checks.parse_date("effective_to", DATE_LAYOUT).alias("effective_to"),
-        checks.trimmed("gender").str.to_lowercase().alias("gender"),
-        _blank_to_null(checks.trimmed("pcp_npi"), "pcp_npi"),
-        checks.trimmed("mrn").alias("mrn"),
-        checks.trimmed("given").alias("given"),
-        checks.trimmed("family").alias("family"),
-        checks.parse_date("birth_date", DATE_LAYOUT).alias("birth_date"),
-        _blank_to_null(phone_digits("phone"), "phone"),
-        _blank_to_null(checks.trimmed("email").str.to_lowercase(), "email"),
+        pl.col(PARSED["effective_from"]).alias("effective_from"),
+        pl.col(PARSED["effective_to"]).alias("effective_to"),
+        pl.col("gender").str.to_lowercase(),
+        _blank_to_null(pl.col("pcp_npi"), "pcp_npi"),
+        pl.col("mrn"),
+        pl.col("given"),
+        pl.col("family"),
+        pl.col(PARSED["birth_date"]).alias("birth_date"),
+        _blank_to_null(phone_digits(checks.Trimmed("phone")), "phone"),
+        _blank_to_null(pl.col("email").str.to_lowercase(), "email"),
         pl.col(ROW_COLUMN),
-    )
+    ).collect()
 
 
 def fhir_resources(rows: pl.DataFrame, identity: FhirIdentity) -> Iterator[FhirResource]:
