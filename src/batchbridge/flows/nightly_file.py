@@ -32,7 +32,7 @@ from batchbridge.validations.base import TransformContext, ValidationContext
 from batchbridge.validations.contract import check_declared_count, check_listing, check_manifest
 from batchbridge.validations.parse import file_date_from_name
 from batchbridge.validations.quarantine import count_reasons
-from batchbridge.validations.stream import TransformedRows
+from batchbridge.validations.transformed_rows import TransformedRows
 
 
 @contextmanager
@@ -126,6 +126,7 @@ def process_file(
         )
         crash_point("after_verify_ledger")
         stage = "validate"
+        timings["parse"] = round(streamed.seconds.parse, 3)
         timings["validate"] = round(streamed.seconds.validate, 3)
         crash_point("after_validate")
         check_declared_count(config.contract, streamed.rows_declared)

@@ -44,6 +44,7 @@ from batchbridge.validations.readers.delimited_stream import (
     DelimitedChunks,
 )
 from batchbridge.validations.spill import EncryptedSpill
+from batchbridge.validations.transformed_rows import TransformedRows, compacted
 
 
 class PlaintextSource(Protocol):
@@ -63,64 +64,10 @@ class StageSeconds:
     """Seconds spent in each part of the streamed stages, summed over the chunks."""
 
     decrypt: float = 0.0
+    parse: float = 0.0
+    """Cutting and parsing chunks, and the second read for repeated keys."""
     validate: float = 0.0
     transform: float = 0.0
-
-
-class TransformedRows:
-    """A file's transformed valid rows, chunk by chunk, minus the keys dropped at the end.
-
-    With a spill (`EncryptedSpill`) the chunks wait on disk, encrypted, and only one is
-    in memory at a time; without one they are kept in memory (small files, tests).
-    `close` removes the spill.
-    """
-
-    def __init__(self, key: str, shape: pl.DataFrame, spill: EncryptedSpill | None = None) -> None:
-        self.key = key
-        self.shape = shape  # the transform's output columns and types, no rows
-        self._spill = spill
-        self._chunks: list[pl.DataFrame] = []
-        self._dropped: list[str] = []
-        self._height = 0
-        self._height_known = True
-
-    def append(self, frame: pl.DataFrame) -> None:
-        if not frame.height:
-            return
-        self._height += frame.height
-        if self._spill is not None:
-            self._spill.append(frame)
-        else:
-            self._chunks.append(frame)
-
-    def drop_keys(self, keys: Iterable[str]) -> None:
-        """Leave out every row whose (trimmed) key is one of `keys`."""
-        self._dropped.extend(keys)
-        self._height_known = False
-
-    def frames(self) -> Iterator[pl.DataFrame]:
-        source = self._spill.frames() if self._spill is not None else iter(self._chunks)
-        for frame in source:
-            if self._dropped:
-                frame = frame.filter(~pl.col(self.key).str.strip_chars().is_in(self._dropped))
-            if frame.height:
-                yield frame
-
-    @property
-    def height(self) -> int:
-        if not self._height_known:
-            self._height = sum(frame.height for frame in self.frames())
-            self._height_known = True
-        return self._height
-
-    def collect(self) -> pl.DataFrame:
-        """Every row in one frame (empty, in the transform's shape, when there is none)."""
-        frames = list(self.frames())
-        return pl.concat(frames) if frames else self.shape
-
-    def close(self) -> None:
-        if self._spill is not None:
-            self._spill.close()
 
 
 @dataclass
@@ -149,6 +96,18 @@ def _timed_blocks(blocks: Iterable[bytes], seconds: StageSeconds) -> Iterator[by
         if block is None:
             return
         yield block
+
+
+def _timed_chunks(chunks: Iterable[pl.DataFrame], seconds: StageSeconds) -> Iterator[pl.DataFrame]:
+    """`chunks`, the time spent making each one counted as parse (less the wait on gpg)."""
+    iterator = iter(chunks)
+    while True:
+        started, waited = time.perf_counter(), seconds.decrypt
+        chunk = next(iterator, None)
+        seconds.parse += time.perf_counter() - started - (seconds.decrypt - waited)
+        if chunk is None:
+            return
+        yield chunk
 
 
 class _Chunks:
@@ -230,7 +189,7 @@ def _stream(
     with open_plaintext() as source:
         chunks = _Chunks(_timed_blocks(source.blocks(), seconds), fmt, schema.columns, chunk_bytes)
         try:
-            for raw in chunks:
+            for raw in _timed_chunks(chunks, seconds):
                 crash_point("after_parse")
                 progress.advance(raw.height)
                 started = time.perf_counter()
@@ -246,8 +205,8 @@ def _stream(
                     suspects.update(_keys(frame.filter(mask), key))
                 seen.add(valid_hashes)
                 seen.add(quarantined_hashes)
-                held.append(result.valid.filter(repeated))
-                quarantined.append(result.quarantined)
+                held.append(compacted(result.valid.filter(repeated)))
+                quarantined.append(compacted(result.quarantined))
                 valid = result.valid.filter(~repeated)
                 seconds.validate += time.perf_counter() - started
                 started = time.perf_counter()
@@ -262,11 +221,13 @@ def _stream(
     all_quarantined = _concat(quarantined, schema, with_reasons=True)
     all_held = _concat(held, schema, with_reasons=False)
     if suspects:
+        started = time.perf_counter()
         all_quarantined = _settle_repeated_keys(
             open_plaintext, fmt, schema, transform,
             key=key, suspects=suspects, quarantined=all_quarantined, held=all_held,
             transformed=transformed, chunk_bytes=chunk_bytes,
         )  # fmt: skip
+        seconds.parse += time.perf_counter() - started
     return StreamedFile(
         rows_read=chunks.rows_read,
         rows_declared=chunks.declared_count,
@@ -339,7 +300,9 @@ def _settle_repeated_keys(
     parse = _rows_with_keys(fmt, key, suspects) if isinstance(fmt, FormatConfig) else None
     with open_plaintext() as source:
         for raw in _Chunks(source.blocks(), fmt, schema.columns, chunk_bytes, parse):
-            rows_of_suspects.append(raw.filter(pl.col(key).str.strip_chars().is_in(suspects)))
+            rows_of_suspects.append(
+                compacted(raw.filter(pl.col(key).str.strip_chars().is_in(suspects)))
+            )
         source.verified()
     candidates = _concat(rows_of_suspects, schema, with_reasons=False)
     trimmed = candidates.get_column(key).str.strip_chars()

@@ -16,8 +16,8 @@ from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ReconciliationError, withhold_unexpected_errors
 from batchbridge.ledger.run_report import TargetCounts
 from batchbridge.ledger.store import LoadRecord
-from batchbridge.validations.stream import TransformedRows
 from batchbridge.validations.transform import select_target_columns
+from batchbridge.validations.transformed_rows import TransformedRows
 
 LoadFn = Callable[[Target, LoadRequest], LoadResult]
 
