@@ -43,8 +43,26 @@ test-reliability: system-deps $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
+# Benchmarks (bench/run_bench.py): every stage against its floor in the same run, on real
+# sshd, gpg, PostgreSQL and a Prefect server. ROWS=N sets the rows (per file for
+# bench-parallel, of the smaller file for bench-growth).
+.PHONY: bench-growth bench-hl7 bench-parallel
+BENCH_ROWS = $(if $(ROWS),--rows $(ROWS))
+
 bench: $(STAMP)
-	PYTHONPATH=. $(BIN)/python bench/run_bench.py
+	PYTHONPATH=. $(BIN)/python bench/run_bench.py main $(BENCH_ROWS)
+
+# 1M then 10M rows: time ratio and peak RSS.
+bench-growth: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/run_bench.py growth $(BENCH_ROWS)
+
+# The HL7 v2 reader on 100k OBX.
+bench-hl7: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/run_bench.py hl7
+
+# 8 files x 100k rows in one run, parallel_files 1 vs 4.
+bench-parallel: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/run_bench.py parallel $(BENCH_ROWS)
 
 # Prefect server on PostgreSQL, two process workers, four tenants (one with a bad key).
 scale-out: system-deps $(STAMP)

@@ -1,343 +1,116 @@
-"""End-to-end benchmark: one big lab_results file through the nightly-feed flow, then a rerun.
+"""End-to-end benchmark of the nightly-feed flow, measured against its floors in the same run.
 
-`make bench` runs it. Everything is real and local: an OpenSSH sshd serves the
-gpg-encrypted and -signed file, PostgreSQL holds the ledger and the warehouse, and the
-`nightly-feed` Prefect flow runs against a Prefect API server started for the benchmark.
+    PYTHONPATH=. .venv/bin/python bench/run_bench.py [main|growth|parallel|hl7] [--rows N]
 
-Process layout, so that each figure measures one thing:
+`make bench` (main): one big lab_results file (1M rows unless --rows) through the real
+`nightly-feed` flow (sshd, gpg, PostgreSQL, a Prefect server: bench.environment), a
+first run then a forced rerun, each in a spawned pipeline child whose peak RSS is the
+pipeline's alone (bench.children). In the same invocation, on the same file, the floors:
+OpenSSH `sftp` get (bench/fetch_floor.py), `gpg --decrypt`, pandera and the transform
+on the whole file (bench.stage_floors), COPY + upsert SQL on the rows the first run
+loaded (bench.floors). Prints each stage as a ratio to its floor, end to end to the sum
+of the floors, and the issue's verdicts: end to end <= 1.3x the floors, peak RSS <=
+700 MB (both set for 1M rows), the rerun leaves the warehouse unchanged (a digest of
+every row, and no row rewritten), fetch <= 3x its floor.
 
-- this process (the orchestrator) starts sshd, PostgreSQL and the Prefect server, builds
-  the feed scenario, checks the results and prints the table; its own memory is not
-  measured;
-- a spawned *generator* child makes the synthetic rows, renders the CSV and hands it to
-  gpg (encrypt + sign) through the scenario; it exits before any measurement starts;
-- one spawned *pipeline* child per run imports batchbridge, calls the flow once and
-  reports its own peak RSS (getrusage RUSAGE_SELF), so the peak covers the pipeline
-  only: no data generation, no servers. gpg (decrypt) and the Prefect server are
-  separate processes and are not part of it.
+`make bench-growth`: 1M and 10M rows, first runs (bench.growth). `make bench-parallel`:
+8 files x 100k rows, `parallel_files` 1 vs 4 (bench.parallel_files). `make bench-hl7`:
+the HL7 v2 reader on 100k OBX (bench/hl7_parse.py's timing function).
 
-The first run loads every valid row; the second run reprocesses the same file with
-force=True, which must leave the warehouse unchanged (every row "unchanged").
-
-Exit status: 0 when both runs succeeded and every count balanced (the time and memory
-targets are printed as PASS/FAIL but do not change the exit status), 1 otherwise.
+Exit status: 0 when every count balanced; 1 when one did not (or the rerun changed the
+warehouse), and 1 when fetch took over 3x its floor. The other targets are printed
+PASS/FAIL and do not change the exit status: the machine is shared and noisy.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import os
-import platform
-import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from datetime import date
-from multiprocessing.connection import Connection
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from bench.checks import (
+    FileExpectation,
+    RunFigures,
+    WarehouseState,
+    rewritten_rows,
+    warehouse_state,
+)
+from bench.children import generator_child, run_child, stage_floors_child
+from bench.environment import FEED, BenchEnv, Setup, bench_environment
+from bench.generate import FILE_DATE, SEED, LabFileSpec
+from bench.table import (
+    Verdict,
+    loadavg,
+    mb,
+    print_file,
+    print_floors,
+    print_header,
+    print_ratios,
+    print_runs,
+    print_setup,
+    print_verdicts,
+    upsert_floors,
+)
 
 if TYPE_CHECKING:
-    from batchbridge.demo.scenario import LabFeedScenario
+    from bench.floors import Floors
 
-# Heavy imports (polars, prefect, batchbridge) happen inside functions: the spawned
-# children re-import this module, and the pipeline child's peak RSS should hold only
-# what the pipeline itself needs.
+# Heavy imports (polars, psycopg, prefect, batchbridge) happen inside functions: the
+# spawned children re-import this module, and a pipeline child's peak RSS should hold
+# only what the pipeline itself needs.
 
-FEED = "lab_results"
-FILE_DATE = date(2026, 11, 20)
-SEED = 20261120
-WAREHOUSE_URL_ENV = "BB_BENCH_WAREHOUSE_URL"
-STAGES = ("fetch", "decrypt", "validate", "quarantine", "transform", "load", "archive")
-TARGET_SECONDS = 30.0
-TARGET_RSS_MIB = 2048.0
 TARGET_ROWS = 1_000_000
-BAD_ROW_SHARE = 0.005
-# Every kind the generator can plant; each planted row fails exactly its kind's rules.
-BAD_KINDS = (
-    "bad_npi",
-    "bad_dob",
-    "invalid_dob",
-    "missing_dob",
-    "unmapped_code",
-    "missing_last_name",
-    "bad_sex",
-    "bad_mrn",
-    "bad_zip",
-    "duplicate_id",
-    "collected_after_resulted",
-    "bad_collected_at",
-    "non_numeric_value",
-    "missing_unit",
-    "bad_status",
-)
-CHILD_TIMEOUT_SECONDS = 30 * 60
-
-
-def bad_rows_for(rows: int) -> dict[str, int]:
-    """About BAD_ROW_SHARE of `rows`, spread evenly over every kind (a duplicate id costs 2)."""
-    units = len(BAD_KINDS) + 1  # duplicate_id quarantines the original row as well
-    per_kind = max(1, round(rows * BAD_ROW_SHARE / units))
-    return dict.fromkeys(BAD_KINDS, per_kind)
-
-
-# -- children -------------------------------------------------------------------------
-
-
-def _maxrss_mib(who: int) -> float:
-    """Peak RSS in MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(who).ru_maxrss / 1024
-
-
-def _cpu_seconds(usage: resource.struct_rusage) -> float:
-    return usage.ru_utime + usage.ru_stime
-
-
-def _generator_child(
-    conn: Connection, scenario: LabFeedScenario, name: str, rows: int, bad_rows: dict[str, int]
-) -> None:
-    """Make the partner file: rows -> CSV bytes -> gpg (encrypt to us, sign as partner)."""
-    try:
-        from batchbridge.demo.lab_data import generate_lab_rows, render_lab_csv
-
-        started = time.perf_counter()
-        frame = generate_lab_rows(rows, seed=SEED, file_date=FILE_DATE, bad_rows=bad_rows)
-        generated = time.perf_counter()
-        data = render_lab_csv(frame)
-        del frame
-        rendered = time.perf_counter()
-        # Synthetic rows, no real patients. Still, the plaintext never touches the disk:
-        # drop_file pipes the bytes into gpg's stdin and only ciphertext is written (the
-        # cost is this throwaway child holding the CSV in memory, which nothing measures).
-        path = scenario.drop_file(name, data)
-        encrypted = time.perf_counter()
-        conn.send(
-            {
-                "generate_s": generated - started,
-                "render_s": rendered - generated,
-                "encrypt_s": encrypted - rendered,
-                "plaintext_bytes": len(data),
-                "ciphertext_bytes": path.stat().st_size,
-                "peak_rss_mib": _maxrss_mib(resource.RUSAGE_SELF),
-            }
-        )
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
-
-
-def _pipeline_child(conn: Connection, config_dir: str, force: bool) -> None:
-    """Run the nightly-feed flow once; report wall time, peak RSS and the run report."""
-    try:
-        started = time.perf_counter()
-        from batchbridge.flows.nightly import nightly_feed
-
-        imported = time.perf_counter()
-        rss_after_imports = _maxrss_mib(resource.RUSAGE_SELF)
-        cpu_before = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF))
-        flow_started = time.perf_counter()
-        state = nightly_feed(feed=FEED, config_dir=config_dir, force=force, return_state=True)
-        flow_seconds = time.perf_counter() - flow_started
-        # Measured before anything else runs in this process.
-        peak_rss = _maxrss_mib(resource.RUSAGE_SELF)
-        cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_SELF)) - cpu_before
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-
-        from batchbridge.config.settings import load_settings
-        from batchbridge.ledger.store import LedgerStore
-
-        store = LedgerStore.from_url(load_settings(config_dir).database_url)
-        try:
-            run = store.run_for_flow_run(str(state.state_details.flow_run_id))
-            report = run.report if run is not None else None
-        finally:
-            store.engine.dispose()
-        conn.send(
-            {
-                "imports_s": imported - started,
-                "flow_s": flow_seconds,
-                "flow_state": state.type.value,
-                "flow_message": state.message,
-                "peak_rss_mib": peak_rss,
-                "rss_after_imports_mib": rss_after_imports,
-                "cpu_s": cpu,
-                "children_cpu_s": _cpu_seconds(children),
-                "children_peak_rss_mib": children.ru_maxrss / 1024,
-                "report": report,
-            }
-        )
-    except BaseException:
-        conn.send({"error": traceback.format_exc()})
-    finally:
-        conn.close()
-
-
-def _run_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
-    """Run `target(conn, *args)` in a spawned process and return what it sent."""
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=target, args=(sender, *args), daemon=True)
-    process.start()
-    sender.close()
-    try:
-        if not receiver.poll(CHILD_TIMEOUT_SECONDS):
-            raise RuntimeError(f"{target.__name__} sent nothing in {CHILD_TIMEOUT_SECONDS} s")
-        result: dict[str, Any] = receiver.recv()
-        process.join(timeout=60)
-    except EOFError:
-        process.join(timeout=5)
-        raise RuntimeError(
-            f"{target.__name__} died without a result (exit code {process.exitcode})"
-        ) from None
-    finally:
-        receiver.close()
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    if "error" in result:
-        raise RuntimeError(f"{target.__name__} failed:\n{result['error']}")
-    return result
-
-
-# -- orchestration --------------------------------------------------------------------
-
-
-@dataclass
-class Setup:
-    """Seconds spent before the measured runs, one line each."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def timed(self, label: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[label] = time.perf_counter() - started
-
-
-@dataclass
-class RunFigures:
-    """One run's figures and the problems found when checking its counts."""
-
-    label: str
-    child: dict[str, Any]
-    warehouse_rows: int
-    problems: list[str]
-
-    @property
-    def report(self) -> dict[str, Any]:
-        report: dict[str, Any] = self.child.get("report") or {}
-        return report
-
-    @property
-    def file(self) -> dict[str, Any]:
-        files: list[dict[str, Any]] = self.report.get("files") or []
-        return files[0] if files else {}
-
-
-def _check_run(
-    figures: RunFigures, *, rows: int, quarantined: int, rerun: bool, file_name: str
-) -> None:
-    """Append every count that does not balance to `figures.problems`."""
-    problems = figures.problems
-    report, file = figures.report, figures.file
-    valid = rows - quarantined
-    if not report:
-        problems.append("no run report in the ledger")
-        return
-    if report.get("status") != "succeeded":
-        problems.append(f"run status {report.get('status')!r} ({report.get('error')})")
-    if figures.child.get("flow_state") != "COMPLETED":
-        problems.append(f"flow state {figures.child.get('flow_state')}")
-    if len(report.get("files") or []) != 1 or file.get("name") != file_name:
-        problems.append(f"expected exactly {file_name}, got {report.get('files')!r:.200}")
-        return
-    if file.get("outcome") != "reconciled" or file.get("balanced") is not True:
-        problems.append(
-            f"file outcome {file.get('outcome')} balanced={file.get('balanced')} "
-            f"(failed at {file.get('failed_stage')}: {file.get('reason')} {file.get('message')})"
-        )
-    expected = {
-        "rows_read": rows,
-        "rows_declared": rows,
-        "rows_valid": valid,
-        "rows_quarantined": quarantined,
-    }
-    for key, want in expected.items():
-        if file.get(key) != want:
-            problems.append(f"{key} {file.get(key)} != {want}")
-    if bool(file.get("is_rerun")) != rerun:
-        problems.append(f"is_rerun {file.get('is_rerun')} != {rerun}")
-    counts = (file.get("targets") or {}).get("warehouse")
-    if counts is None:
-        problems.append("no counts for target warehouse")
-    else:
-        want_counts = {
-            "sent": valid,
-            "inserted": 0 if rerun else valid,
-            "updated": 0,
-            "unchanged": valid if rerun else 0,
-            "rejected": 0,
-            "confirmed": valid,
-        }
-        for key, want in want_counts.items():
-            if counts.get(key) != want:
-                problems.append(f"warehouse {key} {counts.get(key)} != {want}")
-    if figures.warehouse_rows != valid:
-        problems.append(f"warehouse table holds {figures.warehouse_rows} rows, expected {valid}")
-
-
-def _warehouse_rows(url: str, tenant: str) -> int:
-    import psycopg
-
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        exists = conn.execute("SELECT to_regclass('lab_result')").fetchone()
-        if exists is None or exists[0] is None:
-            return 0
-        row = conn.execute("SELECT count(*) FROM lab_result WHERE tenant = %s", (tenant,))
-        found = row.fetchone()
-        return int(found[0]) if found else 0
-
-
-def _loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # Turn a polite kill into an exception so every `finally` stops its server.
-    raise SystemExit(128 + signum)
+END_TO_END_MAX_RATIO = 1.3
+PEAK_RSS_MAX_MB = 700.0
+FETCH_MAX_RATIO = 3.0
+HL7_OBX = 100_000
+HL7_TARGET_SECONDS = 3.0
+FLOOR_RUNS = 3
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Run one big lab_results file end to end (sshd, gpg, PostgreSQL, Prefect)."
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "case", nargs="?", default="main", choices=("main", "growth", "parallel", "hl7")
     )
-    parser.add_argument("--rows", type=int, default=TARGET_ROWS, help="rows in the file")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        help="rows in the file (main: 1,000,000; growth: the smaller file, 1,000,000; "
+        "parallel: rows per file, 100,000)",
+    )
+    parser.add_argument("--factor", type=int, default=10, help="growth: bigger file / smaller")
+    parser.add_argument("--files", type=int, default=8, help="parallel: files in the run")
+    parser.add_argument("--workers", type=int, default=4, help="parallel: parallel_files")
+    parser.add_argument("--obx", type=int, default=HL7_OBX, help="hl7: OBX segments")
     parser.add_argument("--engine", choices=("gnupg", "pgpy"), default="gnupg")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
-    if args.rows < 100:
+    if args.rows is not None and args.rows < 100:
         parser.error("--rows must be at least 100")
+    if args.case == "hl7":
+        return hl7_case(args.obx)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
 
     workdir = Path(tempfile.mkdtemp(prefix="bb-bench-"))
     try:
-        return _bench(args.rows, args.engine, workdir)
+        if args.case == "growth":
+            from bench.growth import growth_case
+
+            return growth_case(args.rows or TARGET_ROWS, args.factor, args.engine, workdir)
+        if args.case == "parallel":
+            from bench.parallel_files import parallel_case
+
+            rows = args.rows or 100_000
+            return parallel_case(rows, args.files, args.workers, args.engine, workdir)
+        return main_case(args.rows or TARGET_ROWS, args.engine, workdir)
     except (KeyboardInterrupt, SystemExit):
         print("\ninterrupted: servers stopped", file=sys.stderr)
         raise
@@ -348,190 +121,220 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _bench(rows: int, engine: str, workdir: Path) -> int:
-    # Settings every process (this one, the children, the Prefect server) reads from
-    # the environment; set before prefect is first imported.
-    os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ["BATCHBRIDGE_STAGING_DIR"] = str(workdir / "staging")
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn a polite kill into an exception so every `finally` stops its server.
+    raise SystemExit(128 + signum)
 
-    from tests.support.feed_scenarios import postgres_target
-    from tests.support.postgres import start_postgres
-    from tests.support.sshd import start_sshd
 
-    from batchbridge.demo.lab_data import expected_quarantined
-    from batchbridge.demo.scenario import (
-        build_lab_scenario,
-        lab_file_name,
-    )
-    from batchbridge.ledger.store import LedgerStore
+def main_case(rows: int, engine: str, workdir: Path) -> int:
+    """One file, first run and forced rerun, every stage against its floor (module doc)."""
+    from batchbridge.demo.scenario import lab_file_name
 
-    print(
-        f"batchbridge bench: {rows:,} rows, engine {engine}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}, load avg {_loadavg()} (1/5/15 min) at start",
-        flush=True,
-    )
-    bad_rows = bad_rows_for(rows)
-    quarantined = expected_quarantined(bad_rows)
+    print_header(f"{rows:,} rows", engine)
     setup = Setup()
-    with ExitStack() as stack:
-        with setup.timed("sshd start"):
-            sshd = start_sshd(workdir / "sshd")
-            stack.callback(sshd.stop)
-        with setup.timed("PostgreSQL start"):
-            postgres = start_postgres(workdir / "pg")
-            stack.callback(postgres.stop)
-            warehouse_url = postgres.create_database("warehouse")
-            ledger_url = postgres.create_database("ledger")
-        os.environ[WAREHOUSE_URL_ENV] = warehouse_url
-        os.environ["BATCHBRIDGE_DATABASE_URL"] = ledger_url
-        with setup.timed("ledger migration"):
-            # Done once up front, as a deployed ledger would be; not part of a run.
-            LedgerStore.from_url(ledger_url).engine.dispose()
-        with setup.timed("scenario (keys, YAML)"):
-            endpoint = sshd.endpoint(sshd.root / "outbound")
-            scenario = build_lab_scenario(
-                workdir / "feed",
-                endpoint,
-                targets=[postgres_target(WAREHOUSE_URL_ENV)],
-                engine=engine,
-            )
-            stack.callback(scenario.close)
-        name = lab_file_name(FILE_DATE)
+    spec = LabFileSpec(lab_file_name(FILE_DATE), rows, SEED, FILE_DATE)
+    expected = [FileExpectation(spec.name, rows, spec.quarantined)]
+    runs: list[RunFigures] = []
+    states: list[WarehouseState] = []
+    with bench_environment(workdir, engine, setup) as env:
+        env.fresh_databases("main")
         with setup.timed("data generation (child)"):
-            generated = _run_child(_generator_child, scenario, name, rows, bad_rows)
-        with setup.timed("Prefect server start"):
-            from prefect.server.api.server import SubprocessASGIServer
-
-            prefect_server = SubprocessASGIServer()
-            stack.callback(prefect_server.stop)
-            prefect_server.start(timeout=180)
-            os.environ["PREFECT_API_URL"] = prefect_server.api_url
-
-        runs: list[RunFigures] = []
+            generated = run_child(generator_child, env.scenario, [spec])
+        floors = _floors_before(env, spec, setup)
         for label, force in (("first run", False), ("rerun (force)", True)):
-            print(f"running: {label} ...", flush=True)
-            child = _run_child(_pipeline_child, str(scenario.config_dir), force)
-            figures = RunFigures(
-                label=label,
-                child=child,
-                warehouse_rows=_warehouse_rows(warehouse_url, scenario.tenant),
-                problems=[],
-            )
-            _check_run(figures, rows=rows, quarantined=quarantined, rerun=force, file_name=name)
-            runs.append(figures)
-            if figures.report.get("status") != "succeeded":
+            runs.append(env.run_pipeline(label, expected, force=force))
+            states.append(warehouse_state(env.warehouse_url, env.scenario.tenant))
+            if runs[-1].report.get("status") != "succeeded":
                 break  # a rerun of a failed file would measure something else
+        if runs[0].warehouse_rows:
+            with setup.timed("floors: psql COPY, upsert SQL"):
+                floors = _load_floors(floors, env)
+    print_setup(setup, [generated])
+    print_file(rows, spec.quarantined, generated)
+    print_runs(runs)
+    print_floors(floors, FLOOR_RUNS)
+    print_ratios(floors, runs)
+    rerun_ok, rerun_detail = _rerun_unchanged(runs, states, spec)
+    verdicts = _verdicts(floors, runs, rerun_ok, rerun_detail)
+    note = (
+        ""
+        if rows == TARGET_ROWS
+        else f" (time and memory targets are set for {TARGET_ROWS:,} rows; this file has {rows:,})"
+    )
+    print_verdicts(verdicts, note)
+    print(f"\nengine {engine}; load avg {loadavg()} (1/5/15 min) at the end")
 
-        _print_table(rows, engine, setup, generated, runs)
     problems = [f"{run.label}: {problem}" for run in runs for problem in run.problems]
     if len(runs) < 2:
         problems.append("the rerun was skipped because the first run failed")
+    elif not rerun_ok:
+        problems.append(f"the rerun changed the warehouse: {rerun_detail}")
+    status = 0
+    fetch = verdicts[-1]
+    if not fetch.ok:
+        print(f"\nFETCH TOO SLOW: {fetch.detail}; limit {FETCH_MAX_RATIO:g}x its floor")
+        status = 1
     if problems:
         print("\nCOUNT CHECKS FAILED:")
         for problem in problems:
             print(f"  - {problem}")
         return 1
     print("\ncount checks: all balanced (read = valid + quarantined = trailer; target counts)")
-    return 0
+    return status
 
 
-# -- the table ------------------------------------------------------------------------
+def _floors_before(env: BenchEnv, spec: LabFileSpec, setup: Setup) -> Floors:
+    """The floors that need only the file: gpg, OpenSSH sftp, pandera and the transform."""
+    from bench.fetch_floor import measure_fetch_floor
+    from bench.floors import DecryptKeys, Floors, gpg_floor
 
-
-def _fmt_seconds(value: object) -> str:
-    return f"{value:.2f}" if isinstance(value, int | float) else "-"
-
-
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
-def _print_table(
-    rows: int,
-    engine: str,
-    setup: Setup,
-    generated: dict[str, Any],
-    runs: list[RunFigures],
-) -> None:
-    from batchbridge.demo.lab_data import expected_quarantined
-
-    mb = 1024 * 1024
-    print("\nsetup (not part of the measured runs)")
-    for label, seconds in setup.seconds.items():
-        print(f"  {label:<28} {seconds:8.2f} s")
-    print(
-        f"    generator child: rows {generated['generate_s']:.2f} s, CSV "
-        f"{generated['render_s']:.2f} s, gpg encrypt+sign {generated['encrypt_s']:.2f} s, "
-        f"peak RSS {generated['peak_rss_mib']:,.0f} MiB"
-    )
-    print(
-        f"\nfile: {rows:,} rows ({expected_quarantined(bad_rows_for(rows)):,} planted bad rows), "
-        f"ciphertext {generated['ciphertext_bytes'] / mb:,.1f} MiB, plaintext "
-        f"{generated['plaintext_bytes'] / mb:,.1f} MiB (never written to disk)"
-    )
-
-    width = 16
-    header = f"\n{'':<40}" + "".join(f"{run.label:>{width}}" for run in runs)
-    print(header)
-
-    def line(label: str, values: list[str]) -> None:
-        print(f"{label:<40}" + "".join(f"{value:>{width}}" for value in values))
-
-    line("stage seconds", [""] * len(runs))
-    for stage in STAGES:
-        line(
-            f"  {stage}",
-            [_fmt_seconds(run.file.get("stage_seconds", {}).get(stage)) for run in runs],
+    path = env.drop_dir / spec.name
+    secrets = env.scenario.root / "secrets"
+    with setup.timed("floor: gpg decrypt"):
+        decrypt_s = gpg_floor(path, DecryptKeys.from_secrets(secrets), FLOOR_RUNS)
+    with setup.timed("floor: OpenSSH sftp get"):
+        fetch_s = measure_fetch_floor(env.sshd, path, runs=FLOOR_RUNS)
+        empty = env.sshd.root / "floor" / "empty"
+        empty.parent.mkdir(exist_ok=True)
+        empty.touch()
+        connect_s = measure_fetch_floor(env.sshd, empty, runs=FLOOR_RUNS)
+    with setup.timed("floors: validate, transform (child)"):
+        stage = run_child(
+            stage_floors_child,
+            str(env.scenario.config_dir),
+            FEED,
+            str(path),
+            str(secrets),
+            spec.file_date,
+            FLOOR_RUNS,
         )
-    line(
-        "  sum of stages",
-        [_fmt_seconds(sum((run.file.get("stage_seconds") or {}).values())) for run in runs],
+    return Floors(
+        decrypt_s=decrypt_s,
+        fetch_s=fetch_s,
+        fetch_connect_s=connect_s,
+        validate_s=stage["validate_s"],
+        transform_s=stage["transform_s"],
+        hmac_s=stage["hmac_s"],
+        distinct_mrns=stage["distinct_mrns"],
     )
-    run_feed_s = [run.report.get("seconds") for run in runs]
-    line("run_feed (ledger, SFTP list, ...)", [_fmt_seconds(s) for s in run_feed_s])
-    line(
-        "Prefect overhead (flow - run_feed)",
+
+
+def _load_floors(floors: Floors, env: BenchEnv) -> Floors:
+    """psql \\copy and COPY + upsert SQL of the rows the first run loaded."""
+    from bench.floors import copy_floor, upsert_floor, warehouse_csv
+    from tests.support.postgres import find_postgres_bindir
+
+    url, tenant = env.warehouse_url, env.scenario.tenant
+    columns, data = warehouse_csv(url, "lab_result", tenant)
+    psql = find_postgres_bindir() / "psql"
+    copy_s = copy_floor(psql, url, "lab_result", data, FLOOR_RUNS)
+    first, rerun = upsert_floor(
+        url, "lab_result", columns, ["tenant", "record_id"], data, FLOOR_RUNS
+    )
+    return replace(floors, copy_s=copy_s, upsert_first_s=first, upsert_rerun_s=rerun)
+
+
+def _rerun_unchanged(
+    runs: list[RunFigures], states: list[WarehouseState], spec: LabFileSpec
+) -> tuple[bool, str]:
+    """Whether the forced rerun left every row as it was: counts, digest, writers."""
+    if len(runs) < 2 or len(states) < 2:
+        return False, "no rerun"
+    counts = (runs[1].file.get("targets") or {}).get("warehouse") or {}
+    valid = spec.rows - spec.quarantined
+    before, after = states
+    rewritten = rewritten_rows(before, after)
+    ok = (
+        counts.get("unchanged") == valid
+        and counts.get("inserted") == 0
+        and counts.get("updated") == 0
+        and before.rows == after.rows == valid
+        and before.digest == after.digest
+        and rewritten == 0
+    )
+    digest = "equal" if before.digest == after.digest else "CHANGED"
+    return ok, (
+        f"{counts.get('unchanged', 0):,} of {valid:,} rows unchanged, "
+        f"digest of every row {digest}, {rewritten:,} rows rewritten"
+    )
+
+
+def _verdicts(
+    floors: Floors, runs: list[RunFigures], rerun_ok: bool, rerun_detail: str
+) -> list[Verdict]:
+    """The issue's targets for this run (the fetch one last: it alone changes the status)."""
+    totals = upsert_floors(floors, len(runs))
+    ratios = [
+        run.flow_s / total if total else None
+        for run, total in zip(runs, (floors.total(u) for u in totals), strict=True)
+    ]
+    fetch = [run.stage_seconds().get("fetch") for run in runs]
+    fetch_ratios = [f / floors.fetch_s if f is not None and floors.fetch_s else None for f in fetch]
+
+    def each(values: list[float | None], fmt: str) -> str:
+        return ", ".join(
+            f"{run.label} " + (fmt.format(v) if v is not None else "-")
+            for run, v in zip(runs, values, strict=True)
+        )
+
+    return [
+        Verdict(
+            all(r is not None and r <= END_TO_END_MAX_RATIO for r in ratios),
+            f"end to end <= {END_TO_END_MAX_RATIO:g}x the sum of the floors",
+            each(ratios, "{:.2f}x"),
+        ),
+        Verdict(
+            all(mb(run.peak_rss_mib) <= PEAK_RSS_MAX_MB for run in runs),
+            f"peak RSS of the pipeline process <= {PEAK_RSS_MAX_MB:,.0f} MB",
+            each([mb(run.peak_rss_mib) for run in runs], "{:,.0f} MB"),
+        ),
+        Verdict(rerun_ok, "rerun (force) leaves the warehouse unchanged", rerun_detail),
+        Verdict(
+            all(r is not None and r <= FETCH_MAX_RATIO for r in fetch_ratios),
+            f"fetch <= {FETCH_MAX_RATIO:g}x its floor (OpenSSH sftp get)",
+            each(fetch_ratios, "{:.2f}x"),
+        ),
+    ]
+
+
+def hl7_case(obx: int) -> int:
+    """The HL7 v2 reader on one batch file of `obx` OBX segments, best of 3 (bench/hl7_parse.py)."""
+    import bench.hl7_parse as hl7
+
+    make_file = getattr(hl7, "make_file", None)
+    parse_once = getattr(hl7, "parse_once", None)
+    if not callable(make_file) or not callable(parse_once):
+        # Its author changed the module's functions: run it as its own command instead.
+        script = Path(__file__).with_name("hl7_parse.py")
+        return subprocess.call([sys.executable, str(script), "--obx", str(obx)])
+    from batchbridge.config import Hl7v2FormatConfig
+
+    print_header(f"HL7 v2 parse of {obx:,} OBX", None)
+    data = make_file(obx, batches=1, segment_end="\r")
+    print(
+        f"file: {len(data) / 1e6:.1f} MB, {data.count(b'MSH|'):,} messages (making it is not timed)"
+    )
+    timings: list[float] = []
+    rows = 0
+    for run in range(1, FLOOR_RUNS + 1):
+        took, rows = parse_once(data, Hl7v2FormatConfig())
+        timings.append(took)
+        print(f"  parse {run}: {took:.3f} s")
+    best = min(timings)
+    print(f"  best of {FLOOR_RUNS}: {best:.3f} s, {rows / best:,.0f} rows/s")
+    note = "" if obx == HL7_OBX else f" (the time target is set for {HL7_OBX:,} OBX)"
+    print_verdicts(
         [
-            _fmt_seconds(run.child["flow_s"] - s) if isinstance(s, int | float) else "-"
-            for run, s in zip(runs, run_feed_s, strict=True)
+            Verdict(
+                best <= HL7_TARGET_SECONDS,
+                f"HL7 parse of {HL7_OBX:,} OBX <= {HL7_TARGET_SECONDS:g} s",
+                f"{best:.3f} s",
+            ),
+            Verdict(rows == obx, "one row per OBX", f"{rows:,} rows for {obx:,} OBX"),
         ],
+        note,
     )
-    line("END TO END (flow call) s", [_fmt_seconds(run.child["flow_s"]) for run in runs])
-    line("rows/s (end to end)", [f"{rows / run.child['flow_s']:,.0f}" for run in runs])
-    line("PEAK RSS pipeline process MiB", [f"{run.child['peak_rss_mib']:,.0f}" for run in runs])
-    line("  RSS after imports MiB", [f"{run.child['rss_after_imports_mib']:,.0f}" for run in runs])
-    line("  CPU s in the process", [_fmt_seconds(run.child["cpu_s"]) for run in runs])
-    line(
-        "  CPU s in its children (gpg…)",
-        [_fmt_seconds(run.child["children_cpu_s"]) for run in runs],
-    )
-    line("  python start + imports s", [_fmt_seconds(run.child["imports_s"]) for run in runs])
-    line("rows read", [str(run.file.get("rows_read", "-")) for run in runs])
-    line("rows valid", [str(run.file.get("rows_valid", "-")) for run in runs])
-    line("rows quarantined", [str(run.file.get("rows_quarantined", "-")) for run in runs])
-
-    def target(run: RunFigures, key: str) -> str:
-        counts = (run.file.get("targets") or {}).get("warehouse") or {}
-        return str(counts.get(key, "-"))
-
-    for key in ("inserted", "updated", "unchanged", "confirmed"):
-        line(f"warehouse {key}", [target(run, key) for run in runs])
-    line("warehouse table rows", [str(run.warehouse_rows) for run in runs])
-    line("balanced", ["yes" if run.file.get("balanced") else "NO" for run in runs])
-    line("counts checked", ["ok" if not run.problems else "FAILED" for run in runs])
-
-    note = "" if rows == TARGET_ROWS else " (set for 1M)"
-    line(
-        f"target end to end <= {TARGET_SECONDS:.0f} s{note}",
-        [_verdict(run.child["flow_s"] <= TARGET_SECONDS) for run in runs],
-    )
-    line(
-        f"target peak RSS <= {TARGET_RSS_MIB:,.0f} MiB",
-        [_verdict(run.child["peak_rss_mib"] <= TARGET_RSS_MIB) for run in runs],
-    )
-    print(f"\nengine {engine}; load avg {_loadavg()} (1/5/15 min) at the end")
+    return 0 if rows == obx else 1
 
 
 if __name__ == "__main__":
