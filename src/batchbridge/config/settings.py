@@ -10,8 +10,9 @@ from batchbridge.errors import ConfigError
 
 DEFAULT_CONFIG_DIR = Path("deployments/feeds")
 DEFAULT_VAR_DIR = Path("var")
-DEFAULT_CHUNK_MIB = 16
-"""Plaintext per chunk a file is streamed in (about 100,000 lab records)."""
+DEFAULT_CHUNK_MIB = 8
+"""Plaintext per chunk a file is streamed in (about 50,000 lab records): at 1M rows, 8 MiB
+chunks peaked at 535 MB against 699 MB for 16 MiB, in the same time (make bench)."""
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from batchbridge.validations.readers.delimited_header import (
     parse_header_record,
 )
 
-CHUNK_BYTES = 16 * 1024 * 1024
-"""Plaintext bytes per parsed chunk (about 100,000 lab records)."""
+CHUNK_BYTES = 8 * 1024 * 1024
+"""Plaintext bytes per parsed chunk (about 50,000 lab records; config.settings sets it)."""
 
 
 def record_cut(buf: bytes | bytearray, quoting: bool) -> int:
