@@ -7,60 +7,31 @@ it differs from the home-made server (kept for fault injection only), the test s
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
 import httpx
 import polars as pl
 import pytest
 
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult
+from batchbridge.connectors.targets.base import LoadResult
 from batchbridge.connectors.targets.fhir import FhirTarget
-from batchbridge.demo.lab_data import LAB_TESTS, generate_lab_rows, mapping_frame
+from batchbridge.demo.lab_data import LAB_TESTS
 from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.validations.base import (
     ROW_COLUMN,
-    FhirIdentity,
-    TransformContext,
-    ValidationContext,
 )
 from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from tests.support.fhir_rows import IDENTITY, lab_rows, request
 from tests.support.medplum_fhir import FhirTenant
 
 pytestmark = pytest.mark.integration
 
-FILE_DATE = date(2026, 3, 1)
-ZONE = "America/Chicago"
-IDENTITY = FhirIdentity("urn:batchbridge:acme_lab:lab_results", "urn:batchbridge:patient-key")
 GLUCOSE = next(t for t in LAB_TESTS if t.code == "GLU")
 # Medplum refuses a transaction holding conditional entries (ifNoneExist, PUT Type?...) when
 # it has more than 8 entries: 4 rows and up to 4 Patient stubs stay within that.
 BUNDLE_SIZE = 4
-
-
-def lab_rows(n: int, *, seed: int = 11) -> pl.DataFrame:
-    """Transformed lab_results rows (generated, validated, transformed)."""
-    raw = generate_lab_rows(n, seed=seed, file_date=FILE_DATE)
-    raw = raw.with_columns(pl.int_range(1, n + 1, dtype=pl.UInt32).alias(ROW_COLUMN))
-    mappings = {"local_test_code": mapping_frame()}
-    valid = LAB_RESULTS.validate(raw, ValidationContext("acme_lab", FILE_DATE, ZONE, mappings))
-    assert valid.quarantined.height == 0
-    return LAB_RESULTS.transform(
-        valid.valid, TransformContext("acme_lab", ZONE, mappings, b"p" * 32)
-    )
-
-
-def request(rows: pl.DataFrame) -> LoadRequest:
-    return LoadRequest(
-        tenant="acme_lab",
-        natural_key=("record_id",),
-        load_id=secrets.token_hex(4),
-        file_id="F1",
-        rows=rows,
-    )
 
 
 @pytest.fixture

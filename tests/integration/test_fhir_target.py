@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -21,50 +20,30 @@ from batchbridge.config import load_feed
 from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.fhir import ClientCredentials, FhirTarget
 from batchbridge.connectors.targets.registry import open_target
-from batchbridge.demo.lab_data import LAB_TESTS, generate_lab_rows, mapping_frame
+from batchbridge.demo.lab_data import LAB_TESTS
 from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import TargetError, TransientTargetError
 from batchbridge.validations.base import (
     ROW_COLUMN,
     FhirIdentity,
-    TransformContext,
-    ValidationContext,
 )
 from batchbridge.validations.schemas.lab_results import LAB_RESULTS
 from batchbridge.validations.schemas.patient_roster import SCHEMA as PATIENT_ROSTER
+from tests.support.fhir_rows import IDENTITY, request
+from tests.support.fhir_rows import lab_rows as transformed_lab_rows
 from tests.support.fhir_server import FhirServerProcess, start_fhir_server
 from tests.support.medplum_fhir import FhirTenant
 from tests.unit.feed_helpers import write_feed
 
 pytestmark = pytest.mark.integration
 
-FILE_DATE = date(2026, 3, 1)
-ZONE = "America/Chicago"
-IDENTITY = FhirIdentity("urn:batchbridge:acme_lab:lab_results", "urn:batchbridge:patient-key")
 CANARY = "Quillon-Fhircanary"
 GLUCOSE = next(t for t in LAB_TESTS if t.code == "GLU")
 
 
 def lab_rows(n: int = 120, *, seed: int = 11) -> pl.DataFrame:
-    """Transformed lab_results rows (generated, validated, transformed), canaries included."""
-    raw = generate_lab_rows(n, seed=seed, file_date=FILE_DATE, canary_names=[CANARY])
-    raw = raw.with_columns(pl.int_range(1, n + 1, dtype=pl.UInt32).alias(ROW_COLUMN))
-    mappings = {"local_test_code": mapping_frame()}
-    valid = LAB_RESULTS.validate(raw, ValidationContext("acme_lab", FILE_DATE, ZONE, mappings))
-    assert valid.quarantined.height == 0
-    return LAB_RESULTS.transform(
-        valid.valid, TransformContext("acme_lab", ZONE, mappings, b"p" * 32)
-    )
-
-
-def request(rows: pl.DataFrame, load_id: str | None = None) -> LoadRequest:
-    return LoadRequest(
-        tenant="acme_lab",
-        natural_key=("record_id",),
-        load_id=load_id or secrets.token_hex(4),
-        file_id="F1",
-        rows=rows,
-    )
+    """Transformed lab_results rows, canaries included."""
+    return transformed_lab_rows(n, seed=seed, canary_names=[CANARY])
 
 
 class RecordingSleep:

@@ -16,17 +16,15 @@ import hashlib
 import os
 import re
 import secrets
-import selectors
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support.lifecycle import StopsOnExit
+from tests.support.lifecycle import StopsOnExit, read_ready_port
 
 SOURCE = Path(__file__).resolve().with_name("medplum")
 LOINC = "http://loinc.org"
@@ -203,23 +201,5 @@ def start_medplum_fhir(
     process = subprocess.Popen(
         command, cwd=install, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
     )
-    assert process.stdout is not None
-    deadline = time.monotonic() + startup_timeout
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(timeout=remaining):
-                break
-            chunk = os.read(process.stdout.fileno(), 1)
-            if not chunk:
-                break
-            line += chunk
-    match = re.fullmatch(rb"READY (\d+)\n", line)
-    if match is None:
-        process.kill()
-        process.wait(timeout=5)
-        process.stdout.close()
-        raise RuntimeError(f"the Medplum FHIR server did not start (exit code {process.poll()})")
-    return MedplumFhirServer(process, host, int(match.group(1)))
+    port = read_ready_port(process, timeout=startup_timeout, what="the Medplum FHIR server")
+    return MedplumFhirServer(process, host, port)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
-import selectors
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +12,7 @@ from typing import Any
 import httpx
 
 from tests.support.fhir_server.transactions import FHIR_BASE
+from tests.support.lifecycle import read_ready_port
 
 
 class FhirServerProcess:
@@ -154,23 +151,5 @@ def start_fhir_server(
     if state_file is not None:
         command += ["--state-file", str(state_file)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert process.stdout is not None
-    deadline = time.monotonic() + startup_timeout
-    line = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(timeout=remaining):
-                break
-            chunk = os.read(process.stdout.fileno(), 1)
-            if not chunk:
-                break
-            line += chunk
-    match = re.fullmatch(rb"READY (\d+)\n", line)
-    if match is None:
-        process.kill()
-        process.wait(timeout=5)
-        process.stdout.close()
-        raise RuntimeError(f"the FHIR test server did not start (exit code {process.poll()})")
-    return FhirServerProcess(process, host, int(match.group(1)), client_id, client_secret)
+    port = read_ready_port(process, timeout=startup_timeout, what="the FHIR test server")
+    return FhirServerProcess(process, host, port, client_id, client_secret)

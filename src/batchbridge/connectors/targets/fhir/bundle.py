@@ -52,9 +52,6 @@ class BundlePlan:
     orphans: tuple[str, ...]
 
 
-EMPTY_PLAN = BundlePlan([], {}, ())
-
-
 @dataclass
 class Tally:
     """What the Bundles of one load did, row by row."""
