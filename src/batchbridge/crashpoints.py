@@ -40,11 +40,16 @@ CRASH_POINTS: tuple[str, ...] = (
     "after_verify_ledger",
     "after_parse",  # validations/stream.py: a chunk parsed, not yet validated
     "mid_stream",  # validations/stream.py: a chunk validated and transformed, more to come
+    # connectors/targets/early_stage.py, in its COPY thread while the file still streams:
+    "before_early_copy",  # the early stage made in an open transaction, COPY not started
+    "mid_early_copy",  # a chunk's batch COPYed into the early stage, the file not yet judged
     "after_validate",
     "mid_quarantine_write",  # ledger/store.py: rows inserted, transaction not committed
     "after_quarantine_commit",
     "after_validated_ledger",
     "after_transform",
+    # The next two: loads that COPY from the chunks (a release; a load whose early stage
+    # failed), not a streamed file's load, which upserts from its early stage.
     "before_copy",  # connectors/targets/postgres.py: staging table made, COPY not started
     "mid_copy",  # connectors/targets/postgres.py: a COPY batch sent, COPY not finished
     "after_copy_before_upsert",  # connectors/targets/postgres.py

@@ -16,7 +16,12 @@ from zoneinfo import ZoneInfo
 from batchbridge import progress
 from batchbridge.connectors.secrets import resolve_secret
 from batchbridge.connectors.sources.base import RemoteFile
-from batchbridge.connectors.targets.loading import TargetLoad, load_into_targets
+from batchbridge.connectors.targets.early_stage import EarlyStage
+from batchbridge.connectors.targets.loading import (
+    TargetLoad,
+    load_into_targets,
+    open_early_stages,
+)
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError, FileRejectedError
 from batchbridge.flows.feed_run import FeedRun, archive_remote, feed_staging_dir, snapshot_scope
@@ -78,6 +83,7 @@ def process_file(
     stage = "contract"
     fetched_path: Path | None = None
     rows: TransformedRows | None = None
+    early: dict[str, EarlyStage] = {}
     try:
         check_listing(config.contract, remote, timezone=config.timezone)
         stage = "fetch"
@@ -109,11 +115,14 @@ def process_file(
         )
         # Decrypt, parse, validate and transform run interleaved, chunk by chunk; their
         # seconds are summed per part. Nothing is recorded until the signature is good.
+        # The PostgreSQL targets COPY the chunks into their stage as they come.
+        early = open_early_stages(run.target_columns, natural_key=run.schema.natural_key)
         try:
             with progress.stage(remote.name, "stream"):
                 streamed = stream_rows(
                     run.decryptor, fetched, config.format, run.schema, vctx, tctx,
                     run.settings.chunk_bytes, staging / f"{claim.file_id}.rows",
+                    list(early.values()),
                 )  # fmt: skip
             rows = streamed.transformed
         except FileRejectedError:
@@ -192,6 +201,7 @@ def process_file(
                 source_name=remote.name,
                 full_snapshot=full_snapshot,
                 kept_keys=kept_keys,
+                staged=early,
             )
         crash_point("after_load_ledger")
         run.store.advance_file(claim.file_id, FileState.LOADED)
@@ -226,6 +236,8 @@ def process_file(
             fetched_path.unlink(missing_ok=True)
         if rows is not None:
             rows.close()  # the encrypted spill of the transformed rows
+        for early_stage in early.values():
+            early_stage.close()  # a stage the load did not take is rolled back
         report.stage_seconds = timings
         run.store.record_run_file(
             run_id=run.run_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from batchbridge.tasks.guard import stage_task
 from batchbridge.validations.base import FeedSchema, TransformContext, ValidationContext
 from batchbridge.validations.stream import StreamedFile, stream_file
 from batchbridge.validations.transform import transform_valid_rows
+from batchbridge.validations.transformed_rows import RowSink
 
 
 @stage_task("stream", task_run_name="stream {fetched.name}")
@@ -25,10 +27,12 @@ def stream_rows(
     tctx: TransformContext,
     chunk_bytes: int,
     spill_path: Path,
+    sinks: Sequence[RowSink] = (),
 ) -> StreamedFile:
     """The file's rows validated and transformed; raises DecryptError or FileRejectedError.
 
-    The transformed rows wait encrypted in `spill_path`; the caller closes them.
+    The transformed rows wait encrypted in `spill_path` and are offered to `sinks` as
+    they come; the caller closes them.
     """
 
     def open_plaintext() -> AbstractContextManager[PlaintextStream]:
@@ -36,5 +40,12 @@ def stream_rows(
 
     transform = functools.partial(transform_valid_rows, schema=schema, ctx=tctx)
     return stream_file(
-        open_plaintext, fmt, schema, vctx, transform, chunk_bytes=chunk_bytes, spill_path=spill_path
+        open_plaintext,
+        fmt,
+        schema,
+        vctx,
+        transform,
+        chunk_bytes=chunk_bytes,
+        spill_path=spill_path,
+        sinks=sinks,
     )

@@ -21,7 +21,7 @@ What a whole file guarantees, a streamed one keeps:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,7 +44,7 @@ from batchbridge.validations.readers.delimited_stream import (
     DelimitedChunks,
 )
 from batchbridge.validations.spill import EncryptedSpill
-from batchbridge.validations.transformed_rows import TransformedRows, compacted
+from batchbridge.validations.transformed_rows import RowSink, TransformedRows, compacted
 
 
 class PlaintextSource(Protocol):
@@ -151,15 +151,17 @@ def stream_file(
     *,
     chunk_bytes: int = CHUNK_BYTES,
     spill_path: Path | None = None,
+    sinks: Sequence[RowSink] = (),
 ) -> StreamedFile:
     """Parse, validate and transform one file chunk by chunk (see the module docstring).
 
     With `spill_path`, the transformed rows wait there encrypted (validations.spill);
-    the caller closes `StreamedFile.transformed` when the load is done.
+    the caller closes `StreamedFile.transformed` when the load is done. `sinks` are
+    offered each transformed chunk as it is made (targets' early stages).
     """
     spill = EncryptedSpill(spill_path) if spill_path is not None else None
     shape = transform(_concat([], schema, with_reasons=False))
-    transformed = TransformedRows(schema.natural_key[0], shape, spill)
+    transformed = TransformedRows(schema.natural_key[0], shape, spill, sinks)
     try:
         return _stream(
             open_plaintext, fmt, schema, ctx, transform,
@@ -324,7 +326,8 @@ def _settle_repeated_keys(
     already = set(quarantined.get_column(ROW_COLUMN).to_list())
     copies = candidates.filter(is_repeated(candidates) & ~pl.col(ROW_COLUMN).is_in(already))
     copies = copies.with_columns(pl.lit([reason]).alias(REASONS_COLUMN))
-    transformed.drop_keys(repeated)
+    held_repeated = held.filter(is_repeated(held)).height  # never transformed
+    transformed.drop_keys(repeated, rows=copies.height - held_repeated)
     unique_after_all = held.filter(~is_repeated(held))
     if unique_after_all.height:
         transformed.append(transform(unique_after_all))

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 import polars as pl
 
 from batchbridge.validations.spill import EncryptedSpill
+
+
+class RowSink(Protocol):
+    """Something that takes a file's transformed rows as they are made (a target's early stage)."""
+
+    def offer(self, frame: pl.DataFrame) -> None:
+        """A chunk of transformed rows, in the order they were made."""
+        ...
+
+    def drop_keys(self, keys: Iterable[str]) -> None:
+        """Rows offered earlier with these (trimmed) keys must be left out after all."""
+        ...
+
+    def close(self) -> None:
+        """The rows are done with (loaded or abandoned)."""
+        ...
 
 
 class TransformedRows:
@@ -15,12 +32,20 @@ class TransformedRows:
 
     With a spill (`EncryptedSpill`) the chunks wait on disk, encrypted, and only one is
     in memory at a time; without one they are kept in memory (small files, tests).
-    `close` removes the spill.
+    Each chunk is also offered to `sinks` as it comes. `close` removes the spill and
+    closes the sinks.
     """
 
-    def __init__(self, key: str, shape: pl.DataFrame, spill: EncryptedSpill | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        shape: pl.DataFrame,
+        spill: EncryptedSpill | None = None,
+        sinks: Sequence[RowSink] = (),
+    ) -> None:
         self.key = key
         self.shape = shape  # the transform's output columns and types, no rows
+        self.sinks = tuple(sinks)
         self._spill = spill
         self._chunks: list[pl.DataFrame] = []
         self._dropped: list[str] = []
@@ -31,15 +56,23 @@ class TransformedRows:
         if not frame.height:
             return
         self._height += frame.height
+        for sink in self.sinks:
+            sink.offer(frame)
         if self._spill is not None:
             self._spill.append(frame)
         else:
             self._chunks.append(frame)
 
-    def drop_keys(self, keys: Iterable[str]) -> None:
-        """Leave out every row whose (trimmed) key is one of `keys`."""
+    def drop_keys(self, keys: Iterable[str], rows: int | None = None) -> None:
+        """Leave out every row whose (trimmed) key is one of `keys` (`rows` of them, if known)."""
+        keys = list(keys)
         self._dropped.extend(keys)
-        self._height_known = False
+        for sink in self.sinks:
+            sink.drop_keys(keys)
+        if rows is None:
+            self._height_known = False
+        elif self._height_known:
+            self._height -= rows
 
     def frames(self) -> Iterator[pl.DataFrame]:
         source = self._spill.frames() if self._spill is not None else iter(self._chunks)
@@ -62,6 +95,8 @@ class TransformedRows:
         return pl.concat(frames) if frames else self.shape
 
     def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
         if self._spill is not None:
             self._spill.close()
 

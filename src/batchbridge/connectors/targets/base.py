@@ -23,6 +23,12 @@ class RowChunks(Protocol):
         ...
 
 
+class StagedRows(Protocol):
+    """Rows a target began staging while the file was still read (targets.early_stage)."""
+
+    target: str
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """What to load: the rows for this target plus the lineage every row carries.
@@ -32,6 +38,8 @@ class LoadRequest:
     `full_snapshot`: the rows are every current record of the tenant, so a target that
     keeps state marks the tenant's other records inactive (never deletes them), except
     those whose keys are in `kept_keys` (rows of the file that were quarantined).
+    `staged`: the same rows, staged by this target while the file was read; the target
+    loads from there if it can, else from `chunks`.
     """
 
     tenant: str
@@ -44,6 +52,7 @@ class LoadRequest:
     full_snapshot: bool = False
     kept_keys: pl.DataFrame | None = None
     chunks: RowChunks | None = None
+    staged: StagedRows | None = None
 
     @property
     def rows_sent(self) -> int:

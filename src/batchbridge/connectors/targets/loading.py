@@ -6,12 +6,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult, RowChunks, Target
+from batchbridge.connectors.targets.base import (
+    LoadRequest,
+    LoadResult,
+    RowChunks,
+    StagedRows,
+    Target,
+)
+from batchbridge.connectors.targets.early_stage import EarlyStage, EarlyStaging
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ReconciliationError, withhold_unexpected_errors
 from batchbridge.ledger.run_report import TargetCounts
@@ -84,6 +91,7 @@ def load_into_targets(
     source_name: str = "",
     full_snapshot: bool = False,
     kept_keys: pl.DataFrame | None = None,
+    staged: Mapping[str, StagedRows] | None = None,
 ) -> list[TargetLoad]:
     """Load one file's transformed rows into every target (each with its columns only).
 
@@ -93,6 +101,7 @@ def load_into_targets(
     `on_loaded` runs right after each target commits, so a failure in a later target
     leaves the earlier loads recorded. With `full_snapshot`, targets mark the tenant's
     records missing from `rows` inactive, except `kept_keys` (the file's quarantined rows).
+    `staged`: the early stages (`open_early_stages`) that took the streamed rows, by target.
     """
     done: list[TargetLoad] = []
     for target, columns in targets:
@@ -118,6 +127,7 @@ def load_into_targets(
             full_snapshot=full_snapshot,
             kept_keys=kept_keys,
             chunks=chunks,
+            staged=(staged or {}).get(target.name) if chunks is not None else None,
         )
         started = time.perf_counter()
         result = load(target, request)
@@ -130,6 +140,17 @@ def load_into_targets(
         on_loaded(loaded)
         done.append(loaded)
     return done
+
+
+def open_early_stages(
+    targets: Sequence[tuple[Target, Sequence[str]]], *, natural_key: tuple[str, ...]
+) -> dict[str, EarlyStage]:
+    """An early stage (targets.early_stage) for each target that can stage while streaming."""
+    return {
+        target.name: target.open_early_stage(natural_key, columns)
+        for target, columns in targets
+        if isinstance(target, EarlyStaging)
+    }
 
 
 class _Selected:

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from batchbridge.connectors.retry import RetryPolicy, call_with_retries
 from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
+from batchbridge.connectors.targets.early_stage import EarlyStage, EarlyStaging
 from batchbridge.connectors.targets.postgres_driver import (
     POSTGRES,
     CopySession,
@@ -59,7 +60,7 @@ Connection = psycopg.Connection[TupleRow]
 Cursor = psycopg.Cursor[TupleRow]
 
 
-class PostgresTarget(SqlTarget[CopySession]):
+class PostgresTarget(EarlyStaging, SqlTarget[CopySession]):
     """Loads rows into `db_schema.table` on PostgreSQL, idempotently on (tenant, natural key).
 
     One transaction per load: create the table if missing, COPY the rows (CSV written
@@ -120,38 +121,27 @@ class PostgresTarget(SqlTarget[CopySession]):
     # -- public API -----------------------------------------------------------------
 
     def load(self, request: LoadRequest) -> LoadResult:
-        """Upsert `request.rows` in one transaction; retry only transient errors."""
+        """Upsert `request.rows` in one transaction; retry only transient errors.
+
+        A streamed file's rows that an `EarlyStage` of this target staged while the file
+        was read are upserted from there; if that stage is unusable, from the chunks.
+        """
         plan = plan_load(self.name, request, self.columns, prepare=csv_ready)
         params = {"tenant": request.tenant, "load_id": request.load_id, "file_id": request.file_id}
+        if isinstance(request.staged, EarlyStage) and request.staged.target == self.name:
+            staged = request.staged.take()
+            if staged is not None:
+                done = self._finish_early_stage(staged, plan, params, request.load_id)
+                if done is not None:
+                    return done
 
         def work(session: CopySession, phase: Phase) -> LoadResult:
-            if self.work_mem is not None:
-                # Transaction-local: lets the key joins of a big load hash in memory.
-                session.cur.execute("SELECT set_config('work_mem', %s, true)", (self.work_mem,))
+            self._set_work_mem(session.cur)
             phase.name = "prepare table"
             self._ensure_table(session.cur, plan)
             phase.name = "copy rows to staging"
             self._stage(session, plan.staged, plan.frames())
-            refuse_repeated_keys(session, self.sql, plan, self.name)
-            crash_point("after_copy_before_upsert")
-            phase.name = "upsert"
-            inserted, updated = self._upsert(session.cur, plan, params)
-            phase.name = "confirm"
-            confirmed = session.count(self.sql.count_present(plan.keys), params)
-            inactivated = 0
-            if plan.snapshot:
-                phase.name = "mark absent records inactive"
-                inactivated = mark_absent_inactive(session, self.sql, plan, params)
-            crash_point("after_upsert_before_commit")
-            phase.name = "commit"
-            return plan.result(
-                self.name,
-                request.load_id,
-                inserted=inserted,
-                updated=updated,
-                confirmed=confirmed,
-                inactivated=inactivated,
-            )
+            return self._merge_stage(session, phase, plan, params, request.load_id)
 
         return self._run("load", work, write=True)
 
@@ -281,6 +271,48 @@ class PostgresTarget(SqlTarget[CopySession]):
         row = cur.fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
+
+    def _set_work_mem(self, cur: Cursor) -> None:
+        if self.work_mem is not None:
+            # Transaction-local: lets the key joins of a big load hash in memory.
+            cur.execute("SELECT set_config('work_mem', %s, true)", (self.work_mem,))
+
+    def _merge_stage(
+        self,
+        session: CopySession,
+        phase: Phase,
+        plan: SqlPlan,
+        params: Params,
+        load_id: str,
+        *,
+        keys_checked: bool = False,
+    ) -> LoadResult:
+        """Upsert the staged rows, confirm them, mark absent ones (snapshots); not committed.
+
+        `keys_checked`: the staged keys are known unique already (an early stage's check).
+        """
+        if not keys_checked:
+            phase.name = "check keys unique"
+            refuse_repeated_keys(session, self.sql, plan, self.name)
+        crash_point("after_copy_before_upsert")
+        phase.name = "upsert"
+        inserted, updated = self._upsert(session.cur, plan, params)
+        phase.name = "confirm"
+        confirmed = session.count(self.sql.count_present(plan.keys), params)
+        inactivated = 0
+        if plan.snapshot:
+            phase.name = "mark absent records inactive"
+            inactivated = mark_absent_inactive(session, self.sql, plan, params)
+        crash_point("after_upsert_before_commit")
+        phase.name = "commit"
+        return plan.result(
+            self.name,
+            load_id,
+            inserted=inserted,
+            updated=updated,
+            confirmed=confirmed,
+            inactivated=inactivated,
+        )
 
     # -- connection, transaction, retries ---------------------------------------------
 

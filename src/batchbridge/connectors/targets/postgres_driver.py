@@ -23,6 +23,7 @@ __all__ = [
     "is_transient",
     "libpq_conninfo",
     "postgres_type",
+    "write_copy_csv",
 ]
 
 Cursor = psycopg.Cursor[TupleRow]
@@ -152,18 +153,20 @@ class CopySession:
         # sending from a thread, measured no faster on 2 cores and used ~100 MB more.)
         with self.cur.copy(f"COPY {table} ({idents(columns)}) FROM STDIN (FORMAT csv)") as copy:
             for offset in range(0, frame.height, self.copy_batch_rows):
-                buffer = io.BytesIO()
-                # Every string is quoted, nulls are bare empty fields: PostgreSQL's CSV
-                # reads "" as an empty string and an unquoted empty field as NULL, and a
-                # quoted \. can never be mistaken for the end-of-data marker.
-                frame.slice(offset, self.copy_batch_rows).write_csv(
-                    buffer,
-                    include_header=False,
-                    quote_style="non_numeric",
-                    datetime_format=_CSV_DATETIME,
-                )
-                copy.write(buffer.getbuffer())
+                write_copy_csv(copy, frame.slice(offset, self.copy_batch_rows))
                 after_batch()
+
+
+def write_copy_csv(copy: psycopg.Copy, frame: pl.DataFrame) -> None:
+    """Send `frame` (CSV-ready, see `csv_ready`) as CSV into an open `COPY ... FROM STDIN`."""
+    buffer = io.BytesIO()
+    # Every string is quoted, nulls are bare empty fields: PostgreSQL's CSV reads "" as
+    # an empty string and an unquoted empty field as NULL, and a quoted \. can never be
+    # mistaken for the end-of-data marker.
+    frame.write_csv(
+        buffer, include_header=False, quote_style="non_numeric", datetime_format=_CSV_DATETIME
+    )
+    copy.write(buffer.getbuffer())
 
 
 def error_detail(exc: psycopg.Error) -> str:

@@ -286,6 +286,10 @@ class SqlStatements:
             f"GROUP BY {idents(keys)} HAVING count(*) > 1) AS repeated"
         )
 
+    def delete_staged(self, key: str) -> str:
+        """Delete the staged rows whose `key` is in the `keys` parameter (PostgreSQL: a list)."""
+        return f"DELETE FROM {self.stage} WHERE {quote(key)} = ANY({self.dialect.param('keys')})"
+
     def count_rows(self) -> str:
         """Rows of the `tenant` parameter."""
         return (

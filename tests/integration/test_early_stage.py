@@ -1,0 +1,162 @@
+"""Rows COPYed into PostgreSQL while the file streams (targets.early_stage), on a real server.
+
+The early stage may only make a load faster: every test here ends with what the
+ordinary load would have left, whether the stage was used, broken or abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, LiteralString
+
+import polars as pl
+import psycopg
+import pytest
+
+from batchbridge.connectors.targets.early_stage import EarlyStage
+from batchbridge.connectors.targets.loading import (
+    TargetLoad,
+    load_into_targets,
+    open_early_stages,
+)
+from batchbridge.connectors.targets.postgres import PostgresTarget
+from batchbridge.errors import TargetError
+from batchbridge.validations.transformed_rows import TransformedRows
+from tests.integration.test_postgres_target import COLUMNS, KEY, fast_target, lab_rows, libpq
+
+pytestmark = pytest.mark.integration
+
+FELL_BACK = "loading from the spill"
+
+
+@pytest.fixture
+def target(postgres_url: str) -> Iterator[PostgresTarget]:
+    with fast_target(postgres_url) as t:
+        yield t
+
+
+def fetch(url: str, query: LiteralString) -> list[tuple[Any, ...]]:
+    with psycopg.connect(libpq(url)) as conn:
+        return conn.execute(query).fetchall()
+
+
+def streamed(target: PostgresTarget, frame: pl.DataFrame, *, chunk: int = 4) -> TransformedRows:
+    """`frame` offered chunk by chunk, as the stream does, to a fresh early stage."""
+    stages = open_early_stages([(target, COLUMNS)], natural_key=KEY)
+    rows = TransformedRows(KEY[0], frame.clear(), sinks=list(stages.values()))
+    for offset in range(0, frame.height, chunk):
+        rows.append(frame.slice(offset, chunk))
+    return rows
+
+
+def load(target: PostgresTarget, rows: TransformedRows) -> TargetLoad:
+    staged = {sink.target: sink for sink in rows.sinks if isinstance(sink, EarlyStage)}
+    try:
+        [done] = load_into_targets(
+            [(target, COLUMNS)],
+            tenant="acme_lab",
+            natural_key=KEY,
+            file_id="file-1",
+            rows=rows,
+            on_loaded=lambda _: None,
+            staged=staged,
+        )
+    finally:
+        rows.close()
+    return done
+
+
+def table_exists(url: str) -> bool:
+    return fetch(url, "SELECT to_regclass('public.lab_result') IS NOT NULL")[0][0] is True
+
+
+def stage_backends(url: str) -> list[tuple[Any, ...]]:
+    return fetch(
+        url,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'batchbridge' AND state <> 'idle'",
+    )
+
+
+def test_staged_rows_load_like_the_ordinary_path(
+    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    frame = lab_rows(10)
+    with caplog.at_level(logging.INFO):
+        rows = streamed(target, frame)
+        time.sleep(0.2)
+        # Staged in an open transaction: nothing exists outside it yet.
+        assert not table_exists(postgres_url)
+        first = load(target, rows)
+        again = load(target, streamed(target, frame))
+    assert FELL_BACK not in caplog.text
+    assert (first.result.rows_inserted, first.result.rows_confirmed) == (10, 10)
+    assert (again.result.rows_unchanged, again.result.rows_confirmed) == (10, 10)
+    loaded = fetch(postgres_url, "SELECT record_id, load_id, source_row FROM lab_result")
+    assert sorted(loaded) == [(f"R{i:04d}", first.result.load_id, i) for i in range(1, 11)]
+    # The ordinary path (no stage) finds every row as the staged load left it.
+    plain = TransformedRows(KEY[0], frame.clear())
+    plain.append(frame)
+    ordinary = load(target, plain)
+    assert (ordinary.result.rows_unchanged, ordinary.result.rows_updated) == (10, 0)
+    types = fetch(
+        postgres_url,
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'lab_result' ORDER BY ordinal_position",
+    )
+    assert ("resulted_at", "timestamp with time zone") in types
+    assert ("result_value_numeric", "double precision") in types
+    assert not stage_backends(postgres_url)
+
+
+def test_keys_dropped_at_the_end_are_never_loaded(
+    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = streamed(target, lab_rows(10))
+    rows.drop_keys(["R0002", "R0007"], rows=2)
+    with caplog.at_level(logging.INFO):
+        done = load(target, rows)
+    assert FELL_BACK not in caplog.text
+    assert (done.rows_sent, done.result.rows_inserted, done.result.rows_confirmed) == (8, 8, 8)
+    ids = {row[0] for row in fetch(postgres_url, "SELECT record_id FROM lab_result")}
+    assert ids == {f"R{i:04d}" for i in range(1, 11)} - {"R0002", "R0007"}
+
+
+def test_a_stage_whose_connection_dies_falls_back_to_the_ordinary_load(
+    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = streamed(target, lab_rows(10))
+    deadline = time.monotonic() + 10
+    while not (backends := stage_backends(postgres_url)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backends, "the early stage never connected"
+    with psycopg.connect(libpq(postgres_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", backends[0])
+    with caplog.at_level(logging.INFO):
+        done = load(target, rows)
+    assert FELL_BACK in caplog.text
+    assert (done.result.rows_inserted, done.result.rows_confirmed) == (10, 10)
+    assert fetch(postgres_url, "SELECT count(*) FROM lab_result") == [(10,)]
+
+
+def test_an_abandoned_stage_leaves_nothing_behind(
+    target: PostgresTarget, postgres_url: str
+) -> None:
+    rows = streamed(target, lab_rows(10))
+    time.sleep(0.2)
+    rows.close()  # the file failed after its rows were staged (a trailer mismatch, say)
+    assert not table_exists(postgres_url)
+    assert not stage_backends(postgres_url)
+
+
+def test_keys_repeated_across_chunks_are_refused_by_the_ordinary_path(
+    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    frame = lab_rows(6)
+    repeated = pl.concat([frame, frame.slice(1, 1)])  # R0002 again, in a later chunk
+    with caplog.at_level(logging.INFO), pytest.raises(TargetError, match="share a natural key"):
+        load(target, streamed(target, repeated, chunk=3))
+    assert "keys repeat across chunks" in caplog.text
+    assert not table_exists(postgres_url)
