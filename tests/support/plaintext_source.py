@@ -11,14 +11,17 @@ from batchbridge.validations.stream import PlaintextSource
 
 
 class BytesPlaintext:
-    """`data` in blocks of `block` bytes; `opened` counts the reads of the message."""
+    """`data` in blocks of `block` bytes; `opened` counts the reads of the message, `sent`
+    the blocks handed out over all of them."""
 
     def __init__(self, data: bytes, *, block: int = 4096, bad_signature: bool = False) -> None:
         self.data, self.block, self.bad_signature = data, block, bad_signature
         self.opened = 0
+        self.sent = 0
 
     def blocks(self) -> Iterator[bytes]:
         for start in range(0, len(self.data), self.block):
+            self.sent += 1
             yield self.data[start : start + self.block]
 
     def verified(self) -> tuple[str, datetime | None]:

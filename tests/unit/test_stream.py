@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -84,6 +85,33 @@ def test_copies_of_an_id_in_different_chunks_are_all_quarantined() -> None:
     # The height is counted when the copies are dropped, not read back: the same.
     assert sum(frame.height for frame in result.transformed.frames()) == 297
     assert source.opened == 2  # the earlier copy was fetched by a second read
+
+
+def test_the_second_read_stops_where_the_kept_raw_tail_starts(tmp_path: Path) -> None:
+    rows = generate_lab_rows(600, seed=9, file_date=FILE_DATE)
+    # Rows 40 and 120 share an id: the chunk holding row 120 starts the raw tail, so the
+    # second read of the file needs only the rows before it.
+    rows = rows.with_columns(
+        pl.when(pl.int_range(pl.len()) == 119)
+        .then(pl.lit(rows["record_id"][39]))
+        .otherwise(pl.col("record_id"))
+        .alias("record_id")
+    )
+    source = BytesPlaintext(lab_file(rows), block=500)
+    blocks = -(-len(source.data) // source.block)
+    spill = tmp_path / "file.rows"
+
+    result = stream_file(
+        source.open, FMT, LAB_RESULTS, VCTX, transform, chunk_bytes=3000, spill_path=spill
+    )
+
+    assert reasons(result.quarantined) == {40: ["record_id:unique"], 120: ["record_id:unique"]}
+    assert result.rows_valid == 598 == sum(f.height for f in result.transformed.frames())
+    assert source.opened == 2
+    assert blocks < source.sent < blocks * 1.5  # the second read stopped early
+    assert not spill.with_suffix(".raw").exists()  # the raw tail is gone already
+    result.transformed.close()
+    assert not spill.exists()
 
 
 def test_a_repeat_of_an_id_quarantined_for_another_reason_adds_the_reason_once() -> None:

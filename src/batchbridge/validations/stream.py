@@ -12,10 +12,12 @@ What a whole file guarantees, a streamed one keeps:
   fails says so, whatever its content looks like.
 - Every row of a natural key that occurs more than once is quarantined with
   `<key>:unique`, even when the copies are in different chunks. Rows whose key hash an
-  earlier chunk had are held back; at the end, if there were any, the file is read a
-  second time to count those keys exactly (a hash collision never quarantines a row)
-  and to fetch the earlier copies, which were valid and transformed already: they move
-  to the quarantine and their transformed rows are dropped.
+  earlier chunk had are held back; from the first such chunk on, the raw rows are kept
+  (`RawTail`, encrypted). At the end, if there were any, every row of those keys is
+  found again, to count them exactly (a hash collision never quarantines a row) and to
+  fetch the earlier copies, which were valid and transformed already: they move to the
+  quarantine and their transformed rows are dropped. Rows before the tail come from a
+  second read of the file that stops where the tail starts.
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ from batchbridge.errors import FileRejectedError
 from batchbridge.validations.base import REASONS_COLUMN, ROW_COLUMN, FeedSchema, ValidationContext
 from batchbridge.validations.formats import read_plaintext
 from batchbridge.validations.keys_seen import KeysSeen, key_hashes
-from batchbridge.validations.readers.delimited import BodyAt, parse_body
 from batchbridge.validations.readers.delimited_stream import (
     CHUNK_BYTES,
     BodyParser,
     DelimitedChunks,
 )
+from batchbridge.validations.repeated_keys import RawTail, rows_with_keys
 from batchbridge.validations.spill import EncryptedSpill
 from batchbridge.validations.transformed_rows import RowSink, TransformedRows, compacted
 
@@ -130,6 +132,11 @@ class _Chunks:
         self.rows_read = 0
         self.declared_count: int | None = None
 
+    @property
+    def records_so_far(self) -> int:
+        """Data records parsed so far (all of them, once the iteration ended)."""
+        return self._delimited.rows_read if self._delimited is not None else self.rows_read
+
     def __iter__(self) -> Iterator[pl.DataFrame]:
         if self._delimited is not None:
             yield from self._delimited
@@ -166,6 +173,7 @@ def stream_file(
         return _stream(
             open_plaintext, fmt, schema, ctx, transform,
             transformed=transformed, chunk_bytes=chunk_bytes,
+            raw_tail=RawTail(None if spill_path is None else spill_path.with_suffix(".raw")),
         )  # fmt: skip
     except BaseException:
         transformed.close()
@@ -181,6 +189,25 @@ def _stream(
     *,
     transformed: TransformedRows,
     chunk_bytes: int,
+    raw_tail: RawTail,
+) -> StreamedFile:
+    with raw_tail:
+        return _stream_keeping_tail(
+            open_plaintext, fmt, schema, ctx, transform,
+            transformed=transformed, chunk_bytes=chunk_bytes, raw_tail=raw_tail,
+        )  # fmt: skip
+
+
+def _stream_keeping_tail(
+    open_plaintext: OpenPlaintext,
+    fmt: AnyFormatConfig,
+    schema: FeedSchema,
+    ctx: ValidationContext,
+    transform: Callable[[pl.DataFrame], pl.DataFrame],
+    *,
+    transformed: TransformedRows,
+    chunk_bytes: int,
+    raw_tail: RawTail,
 ) -> StreamedFile:
     key = schema.natural_key[0]
     seconds = StageSeconds()
@@ -196,7 +223,6 @@ def _stream(
                 progress.advance(raw.height)
                 started = time.perf_counter()
                 result = schema.validate(raw, ctx)
-                del raw
                 valid_hashes = key_hashes(result.valid.get_column(key))
                 quarantined_hashes = key_hashes(result.quarantined.get_column(key))
                 repeated = seen.seen(valid_hashes)
@@ -207,6 +233,9 @@ def _stream(
                     suspects.update(_keys(frame.filter(mask), key))
                 seen.add(valid_hashes)
                 seen.add(quarantined_hashes)
+                if suspects:
+                    raw_tail.keep(raw)  # from the first chunk that repeats a key on
+                del raw
                 held.append(compacted(result.valid.filter(repeated)))
                 quarantined.append(compacted(result.quarantined))
                 valid = result.valid.filter(~repeated)
@@ -227,7 +256,7 @@ def _stream(
         all_quarantined = _settle_repeated_keys(
             open_plaintext, fmt, schema, transform,
             key=key, suspects=suspects, quarantined=all_quarantined, held=all_held,
-            transformed=transformed, chunk_bytes=chunk_bytes,
+            transformed=transformed, chunk_bytes=chunk_bytes, raw_tail=raw_tail,
         )  # fmt: skip
         seconds.parse += time.perf_counter() - started
     return StreamedFile(
@@ -255,31 +284,6 @@ def _concat(frames: list[pl.DataFrame], schema: FeedSchema, *, with_reasons: boo
     return pl.concat(kept) if kept else pl.DataFrame(schema=shape)
 
 
-def _rows_with_keys(fmt: FormatConfig, key: str, keys: set[str]) -> BodyParser:
-    """A parser for the second read: the key column first, whole records only where it matches.
-
-    The file was read strictly once already (same bytes, same signature), so the cheap
-    one-column read finds the chunks worth parsing whole.
-    """
-    quoting = fmt.quoting == "rfc4180"
-    delimiter = fmt.delimiter.encode("utf-8")
-
-    def parse(body: bytes, names: list[str], at: BodyAt) -> tuple[pl.DataFrame, int]:
-        found = pl.read_csv(
-            body, has_header=False, columns=[names.index(key)], infer_schema=False,
-            separator=fmt.delimiter, quote_char='"' if quoting else None,
-            raise_if_empty=False, comment_prefix=None, null_values=None,
-        )  # fmt: skip
-        records = found.height
-        if not found.to_series().str.strip_chars().is_in(keys).any():
-            return pl.DataFrame(
-                schema={**dict.fromkeys(names, pl.String), ROW_COLUMN: pl.UInt32}
-            ), records
-        return parse_body(body, names, fmt, quoting, delimiter, at), records
-
-    return parse
-
-
 def _settle_repeated_keys(
     open_plaintext: OpenPlaintext,
     fmt: AnyFormatConfig,
@@ -292,20 +296,31 @@ def _settle_repeated_keys(
     held: pl.DataFrame,
     transformed: TransformedRows,
     chunk_bytes: int,
+    raw_tail: RawTail,
 ) -> pl.DataFrame:
-    """Count the suspected keys exactly (a second read); quarantine every copy of a repeat.
+    """Count the suspected keys exactly; quarantine every copy of a repeat.
 
+    Every row of a suspected key is found again: those before the raw tail by a second
+    read of the file, which stops where the tail starts; the others in the tail.
     Returns the quarantined rows with the repeats added; held rows whose key turns out
     unique after all (a hash collision) are transformed like any valid row.
     """
     rows_of_suspects: list[pl.DataFrame] = []
-    parse = _rows_with_keys(fmt, key, suspects) if isinstance(fmt, FormatConfig) else None
-    with open_plaintext() as source:
-        for raw in _Chunks(source.blocks(), fmt, schema.columns, chunk_bytes, parse):
-            rows_of_suspects.append(
-                compacted(raw.filter(pl.col(key).str.strip_chars().is_in(suspects)))
-            )
-        source.verified()
+    is_suspect = pl.col(key).str.strip_chars().is_in(suspects)
+    tail_from = raw_tail.first_row
+    assert tail_from is not None  # the chunk that found the first suspect is kept
+    if tail_from > 1:
+        parse = rows_with_keys(fmt, key, suspects) if isinstance(fmt, FormatConfig) else None
+        with open_plaintext() as source:
+            chunks = _Chunks(source.blocks(), fmt, schema.columns, chunk_bytes, parse)
+            for raw in chunks:
+                before = raw.filter(is_suspect & (pl.col(ROW_COLUMN) < tail_from))
+                rows_of_suspects.append(compacted(before))
+                if chunks.records_so_far >= tail_from - 1:
+                    # The first read judged these same bytes whole; the rest is in the tail.
+                    break
+    for raw in raw_tail.frames():
+        rows_of_suspects.append(compacted(raw.filter(is_suspect)))
     candidates = _concat(rows_of_suspects, schema, with_reasons=False)
     trimmed = candidates.get_column(key).str.strip_chars()
     counts = trimmed.value_counts()
