@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from datetime import date
 from typing import Any, LiteralString
 
 import polars as pl
 import psycopg
 import pytest
 
+from batchbridge.config import FormatConfig
 from batchbridge.connectors.targets.early_stage import EarlyStage
 from batchbridge.connectors.targets.loading import (
     TargetLoad,
@@ -22,9 +24,25 @@ from batchbridge.connectors.targets.loading import (
     open_early_stages,
 )
 from batchbridge.connectors.targets.postgres import PostgresTarget
+from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
+from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import TargetError
+from batchbridge.validations.base import TransformContext, ValidationContext
+from batchbridge.validations.schemas.lab_results import LAB_RESULTS
+from batchbridge.validations.stream import stream_file
 from batchbridge.validations.transformed_rows import TransformedRows
 from tests.integration.test_postgres_target import COLUMNS, KEY, fast_target, lab_rows, libpq
+from tests.support.plaintext_source import BytesPlaintext
+
+FILE_DATE = date(2026, 3, 1)
+MAPPINGS = {"local_test_code": mapping_frame()}
+VCTX = ValidationContext("acme_lab", FILE_DATE, "America/Chicago", MAPPINGS)
+TCTX = TransformContext("acme_lab", "America/Chicago", MAPPINGS, b"k" * 32)
+
+
+def transform_lab(valid: pl.DataFrame) -> pl.DataFrame:
+    return LAB_RESULTS.transform(valid, TCTX)
+
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +178,35 @@ def test_keys_repeated_across_chunks_are_refused_by_the_ordinary_path(
         load(target, streamed(target, repeated, chunk=3))
     assert "keys repeat across chunks" in caplog.text
     assert not table_exists(postgres_url)
+
+
+def test_a_failed_stage_loads_rows_made_again_from_the_file(
+    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = generate_lab_rows(400, seed=4, file_date=FILE_DATE, bad_rows={"duplicate_id": 2})
+    source = BytesPlaintext(render_lab_csv(rows), block=1000)
+    stages = open_early_stages([(target, LAB_TARGET_COLUMNS)], natural_key=KEY)
+    streamed = stream_file(
+        source.open, FormatConfig(), LAB_RESULTS, VCTX, transform_lab,
+        chunk_bytes=4000, sinks=list(stages.values()), replay=True,
+    )  # fmt: skip
+    backends = stage_backends(postgres_url)
+    assert backends, "the early stage never connected"
+    with psycopg.connect(libpq(postgres_url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", backends[0])
+    with caplog.at_level(logging.INFO):
+        [done] = load_into_targets(
+            [(target, LAB_TARGET_COLUMNS)], tenant="acme_lab", natural_key=KEY,
+            file_id="file-1", rows=streamed.transformed, on_loaded=lambda _: None,
+            staged=stages,
+        )  # fmt: skip
+    streamed.transformed.close()
+    assert FELL_BACK in caplog.text
+    assert source.opened == 3  # the stream, its second read for the repeated ids, the replay
+    valid = streamed.rows_valid
+    assert (done.rows_sent, done.result.rows_inserted, done.result.rows_confirmed) == (
+        valid,
+        valid,
+        valid,
+    )
+    assert fetch(postgres_url, "SELECT count(*) FROM lab_result") == [(valid,)]

@@ -114,6 +114,23 @@ def test_the_second_read_stops_where_the_kept_raw_tail_starts(tmp_path: Path) ->
     assert not spill.exists()
 
 
+def test_rows_not_kept_are_made_again_from_the_file_the_same() -> None:
+    kinds = {"bad_npi": 4, "duplicate_id": 3, "bad_dob": 2}
+    data = lab_file(generate_lab_rows(600, seed=11, file_date=FILE_DATE, bad_rows=kinds))
+    kept = streamed(BytesPlaintext(data, block=1000), chunk=3000)
+    source = BytesPlaintext(data, block=700)
+
+    result = stream_file(
+        source.open, FMT, LAB_RESULTS, VCTX, transform, chunk_bytes=2000, replay=True
+    )
+    opened = source.opened
+
+    again = result.transformed.collect().sort(ROW_COLUMN)
+    assert again.equals(kept.transformed.collect().sort(ROW_COLUMN))
+    assert result.transformed.height == again.height == kept.rows_valid
+    assert source.opened == opened + 1  # made again by reading the file again
+
+
 def test_a_repeat_of_an_id_quarantined_for_another_reason_adds_the_reason_once() -> None:
     rows = generate_lab_rows(200, seed=6, file_date=FILE_DATE, bad_rows={"bad_npi": 1})
     whole = parse_and_validate(lab_file(rows), FMT, LAB_RESULTS, VCTX).result.quarantined

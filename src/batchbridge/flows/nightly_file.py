@@ -115,14 +115,17 @@ def process_file(
         )
         # Decrypt, parse, validate and transform run interleaved, chunk by chunk; their
         # seconds are summed per part. Nothing is recorded until the signature is good.
-        # The PostgreSQL targets COPY the chunks into their stage as they come.
+        # The PostgreSQL targets COPY the chunks into their stage as they come. When they
+        # are all the targets, the rows are not spilled: only a failed stage needs them
+        # again, and then they are made again from the file.
         early = open_early_stages(run.target_columns, natural_key=run.schema.natural_key)
+        replay = len(early) == len(run.target_columns)
         try:
             with progress.stage(remote.name, "stream"):
                 streamed = stream_rows(
                     run.decryptor, fetched, config.format, run.schema, vctx, tctx,
                     run.settings.chunk_bytes, staging / f"{claim.file_id}.rows",
-                    list(early.values()),
+                    list(early.values()), replay,
                 )  # fmt: skip
             rows = streamed.transformed
         except FileRejectedError:

@@ -28,11 +28,13 @@ def stream_rows(
     chunk_bytes: int,
     spill_path: Path,
     sinks: Sequence[RowSink] = (),
+    replay: bool = False,
 ) -> StreamedFile:
     """The file's rows validated and transformed; raises DecryptError or FileRejectedError.
 
-    The transformed rows wait encrypted in `spill_path` and are offered to `sinks` as
-    they come; the caller closes them.
+    The transformed rows wait encrypted in `spill_path` (with `replay`, they are made
+    again from the file if they are needed again) and are offered to `sinks` as they
+    come; the caller closes them.
     """
 
     def open_plaintext() -> AbstractContextManager[PlaintextStream]:
@@ -48,4 +50,5 @@ def stream_rows(
         chunk_bytes=chunk_bytes,
         spill_path=spill_path,
         sinks=sinks,
+        replay=replay,
     )

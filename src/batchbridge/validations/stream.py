@@ -22,6 +22,7 @@ What a whole file guarantees, a streamed one keeps:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -159,18 +160,21 @@ def stream_file(
     chunk_bytes: int = CHUNK_BYTES,
     spill_path: Path | None = None,
     sinks: Sequence[RowSink] = (),
+    replay: bool = False,
 ) -> StreamedFile:
     """Parse, validate and transform one file chunk by chunk (see the module docstring).
 
     With `spill_path`, the transformed rows wait there encrypted (validations.spill);
     the caller closes `StreamedFile.transformed` when the load is done. `sinks` are
-    offered each transformed chunk as it is made (targets' early stages).
+    offered each transformed chunk as it is made (targets' early stages). With `replay`
+    the rows are not kept at all: when the sinks took them all, they are needed again
+    only if a sink failed, and are then made again from the file (`replayed_rows`).
     """
-    spill = EncryptedSpill(spill_path) if spill_path is not None else None
+    spill = EncryptedSpill(spill_path) if spill_path is not None and not replay else None
     shape = transform(_concat([], schema, with_reasons=False))
-    transformed = TransformedRows(schema.natural_key[0], shape, spill, sinks)
+    transformed = TransformedRows(schema.natural_key[0], shape, spill, sinks, replay=replay)
     try:
-        return _stream(
+        streamed = _stream(
             open_plaintext, fmt, schema, ctx, transform,
             transformed=transformed, chunk_bytes=chunk_bytes,
             raw_tail=RawTail(None if spill_path is None else spill_path.with_suffix(".raw")),
@@ -178,6 +182,38 @@ def stream_file(
     except BaseException:
         transformed.close()
         raise
+    if replay:
+        again = functools.partial(
+            replayed_rows, open_plaintext, fmt, schema, ctx, transform,
+            chunk_bytes=chunk_bytes, quarantined=streamed.quarantined.get_column(ROW_COLUMN),
+        )  # fmt: skip
+        transformed.replay_with(again)
+    return streamed
+
+
+def replayed_rows(
+    open_plaintext: OpenPlaintext,
+    fmt: AnyFormatConfig,
+    schema: FeedSchema,
+    ctx: ValidationContext,
+    transform: Callable[[pl.DataFrame], pl.DataFrame],
+    *,
+    chunk_bytes: int,
+    quarantined: pl.Series,
+) -> Iterator[pl.DataFrame]:
+    """A streamed file's transformed rows made again: every valid row not `quarantined`.
+
+    Chunks may fall differently from the first read; the rows do not: a row is valid
+    on its own, or by its key being unique in the whole file, and every row whose key
+    repeats is among the quarantined ones the first read found.
+    """
+    with open_plaintext() as source:
+        for raw in _Chunks(source.blocks(), fmt, schema.columns, chunk_bytes):
+            valid = schema.validate(raw, ctx).valid
+            valid = valid.filter(~pl.col(ROW_COLUMN).is_in(quarantined))
+            if valid.height:
+                yield transform(valid)
+        source.verified()
 
 
 def _stream(

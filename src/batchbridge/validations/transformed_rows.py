@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import polars as pl
@@ -31,9 +31,10 @@ class TransformedRows:
     """A file's transformed valid rows, chunk by chunk, minus the keys dropped at the end.
 
     With a spill (`EncryptedSpill`) the chunks wait on disk, encrypted, and only one is
-    in memory at a time; without one they are kept in memory (small files, tests).
-    Each chunk is also offered to `sinks` as it comes. `close` removes the spill and
-    closes the sinks.
+    in memory at a time; without one they are kept in memory (small files, tests); with
+    `replay` (set by `replay_with`), nothing is kept: reading them again makes them again
+    from the file. Each chunk is also offered to `sinks` as it comes. `close` removes
+    the spill and closes the sinks.
     """
 
     def __init__(
@@ -42,11 +43,15 @@ class TransformedRows:
         shape: pl.DataFrame,
         spill: EncryptedSpill | None = None,
         sinks: Sequence[RowSink] = (),
+        *,
+        replay: bool = False,
     ) -> None:
         self.key = key
         self.shape = shape  # the transform's output columns and types, no rows
         self.sinks = tuple(sinks)
         self._spill = spill
+        self._replay: Callable[[], Iterator[pl.DataFrame]] | None = None
+        self._replayed = replay
         self._chunks: list[pl.DataFrame] = []
         self._dropped: list[str] = []
         self._height = 0
@@ -58,10 +63,16 @@ class TransformedRows:
         self._height += frame.height
         for sink in self.sinks:
             sink.offer(frame)
+        if self._replayed:
+            return
         if self._spill is not None:
             self._spill.append(frame)
         else:
             self._chunks.append(frame)
+
+    def replay_with(self, replay: Callable[[], Iterator[pl.DataFrame]]) -> None:
+        """How to make the rows again (for rows made with `replay`, once they are all made)."""
+        self._replay = replay
 
     def drop_keys(self, keys: Iterable[str], rows: int | None = None) -> None:
         """Leave out every row whose (trimmed) key is one of `keys` (`rows` of them, if known)."""
@@ -75,7 +86,11 @@ class TransformedRows:
             self._height -= rows
 
     def frames(self) -> Iterator[pl.DataFrame]:
-        source = self._spill.frames() if self._spill is not None else iter(self._chunks)
+        if self._replayed:
+            assert self._replay is not None, "replay_with() first"
+            source = self._replay()
+        else:
+            source = self._spill.frames() if self._spill is not None else iter(self._chunks)
         for frame in source:
             if self._dropped:
                 frame = frame.filter(~pl.col(self.key).str.strip_chars().is_in(self._dropped))
