@@ -24,6 +24,7 @@ from batchbridge.connectors.targets.loading import (
     open_early_stages,
 )
 from batchbridge.connectors.targets.postgres import PostgresTarget
+from batchbridge.connectors.targets.postgres_early import MergeScope
 from batchbridge.demo.lab_data import generate_lab_rows, mapping_frame, render_lab_csv
 from batchbridge.demo.scenario import LAB_TARGET_COLUMNS
 from batchbridge.errors import TargetError
@@ -46,7 +47,14 @@ def transform_lab(valid: pl.DataFrame) -> pl.DataFrame:
 
 pytestmark = pytest.mark.integration
 
-FELL_BACK = "loading from the spill"
+FELL_BACK = "falling back to the ordinary load"
+MERGE = MergeScope("acme_lab", "file-1")
+
+
+@pytest.fixture(params=["stage only", "upsert as it goes"])
+def scope(request: pytest.FixtureRequest) -> MergeScope | None:
+    """Both kinds of early stage: COPY only, or COPY and upsert each chunk as it comes."""
+    return None if request.param == "stage only" else MERGE
 
 
 @pytest.fixture
@@ -60,9 +68,11 @@ def fetch(url: str, query: LiteralString) -> list[tuple[Any, ...]]:
         return conn.execute(query).fetchall()
 
 
-def streamed(target: PostgresTarget, frame: pl.DataFrame, *, chunk: int = 4) -> TransformedRows:
+def streamed(
+    target: PostgresTarget, frame: pl.DataFrame, scope: MergeScope | None, *, chunk: int = 4
+) -> TransformedRows:
     """`frame` offered chunk by chunk, as the stream does, to a fresh early stage."""
-    stages = open_early_stages([(target, COLUMNS)], natural_key=KEY)
+    stages = open_early_stages([(target, COLUMNS)], natural_key=KEY, scope=scope)
     rows = TransformedRows(KEY[0], frame.clear(), sinks=list(stages.values()))
     for offset in range(0, frame.height, chunk):
         rows.append(frame.slice(offset, chunk))
@@ -90,6 +100,11 @@ def table_exists(url: str) -> bool:
     return fetch(url, "SELECT to_regclass('public.lab_result') IS NOT NULL")[0][0] is True
 
 
+def rows_visible(url: str) -> int:
+    """Rows anyone else can see (an upserting stage makes the table, empty, up front)."""
+    return fetch(url, "SELECT count(*) FROM lab_result")[0][0] if table_exists(url) else 0
+
+
 def stage_backends(url: str) -> list[tuple[Any, ...]]:
     return fetch(
         url,
@@ -99,16 +114,19 @@ def stage_backends(url: str) -> list[tuple[Any, ...]]:
 
 
 def test_staged_rows_load_like_the_ordinary_path(
-    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+    target: PostgresTarget,
+    postgres_url: str,
+    scope: MergeScope | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     frame = lab_rows(10)
     with caplog.at_level(logging.INFO):
-        rows = streamed(target, frame)
+        rows = streamed(target, frame, scope)
         time.sleep(0.2)
-        # Staged in an open transaction: nothing exists outside it yet.
-        assert not table_exists(postgres_url)
+        # Staged (and upserted) in an open transaction: nothing visible outside it yet.
+        assert rows_visible(postgres_url) == 0
         first = load(target, rows)
-        again = load(target, streamed(target, frame))
+        again = load(target, streamed(target, frame, scope))
     assert FELL_BACK not in caplog.text
     assert (first.result.rows_inserted, first.result.rows_confirmed) == (10, 10)
     assert (again.result.rows_unchanged, again.result.rows_confirmed) == (10, 10)
@@ -130,9 +148,12 @@ def test_staged_rows_load_like_the_ordinary_path(
 
 
 def test_keys_dropped_at_the_end_are_never_loaded(
-    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+    target: PostgresTarget,
+    postgres_url: str,
+    scope: MergeScope | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rows = streamed(target, lab_rows(10))
+    rows = streamed(target, lab_rows(10), scope)
     rows.drop_keys(["R0002", "R0007"], rows=2)
     with caplog.at_level(logging.INFO):
         done = load(target, rows)
@@ -143,9 +164,12 @@ def test_keys_dropped_at_the_end_are_never_loaded(
 
 
 def test_a_stage_whose_connection_dies_falls_back_to_the_ordinary_load(
-    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+    target: PostgresTarget,
+    postgres_url: str,
+    scope: MergeScope | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rows = streamed(target, lab_rows(10))
+    rows = streamed(target, lab_rows(10), scope)
     deadline = time.monotonic() + 10
     while not (backends := stage_backends(postgres_url)) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -160,24 +184,27 @@ def test_a_stage_whose_connection_dies_falls_back_to_the_ordinary_load(
 
 
 def test_an_abandoned_stage_leaves_nothing_behind(
-    target: PostgresTarget, postgres_url: str
+    target: PostgresTarget, postgres_url: str, scope: MergeScope | None
 ) -> None:
-    rows = streamed(target, lab_rows(10))
+    rows = streamed(target, lab_rows(10), scope)
     time.sleep(0.2)
     rows.close()  # the file failed after its rows were staged (a trailer mismatch, say)
-    assert not table_exists(postgres_url)
+    assert rows_visible(postgres_url) == 0
     assert not stage_backends(postgres_url)
 
 
 def test_keys_repeated_across_chunks_are_refused_by_the_ordinary_path(
-    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+    target: PostgresTarget,
+    postgres_url: str,
+    scope: MergeScope | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     frame = lab_rows(6)
     repeated = pl.concat([frame, frame.slice(1, 1)])  # R0002 again, in a later chunk
     with caplog.at_level(logging.INFO), pytest.raises(TargetError, match="share a natural key"):
-        load(target, streamed(target, repeated, chunk=3))
+        load(target, streamed(target, repeated, scope, chunk=3))
     assert "keys repeat across chunks" in caplog.text
-    assert not table_exists(postgres_url)
+    assert rows_visible(postgres_url) == 0
 
 
 def test_a_failed_stage_loads_rows_made_again_from_the_file(
@@ -185,7 +212,7 @@ def test_a_failed_stage_loads_rows_made_again_from_the_file(
 ) -> None:
     rows = generate_lab_rows(400, seed=4, file_date=FILE_DATE, bad_rows={"duplicate_id": 2})
     source = BytesPlaintext(render_lab_csv(rows), block=1000)
-    stages = open_early_stages([(target, LAB_TARGET_COLUMNS)], natural_key=KEY)
+    stages = open_early_stages([(target, LAB_TARGET_COLUMNS)], natural_key=KEY, scope=MERGE)
     streamed = stream_file(
         source.open, FormatConfig(), LAB_RESULTS, VCTX, transform_lab,
         chunk_bytes=4000, sinks=list(stages.values()), replay=True,
@@ -210,3 +237,38 @@ def test_a_failed_stage_loads_rows_made_again_from_the_file(
         valid,
     )
     assert fetch(postgres_url, "SELECT count(*) FROM lab_result") == [(valid,)]
+
+
+def test_upserted_rows_of_keys_dropped_at_the_end_are_taken_back(
+    target: PostgresTarget, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = lab_rows(10)
+    plain = TransformedRows(KEY[0], before.clear())
+    plain.append(before)
+    first = load(target, plain)
+    snapshot = "SELECT record_id, result_value, load_id, source_row FROM lab_result"
+    loaded = sorted(fetch(postgres_url, snapshot))
+    # The next file: R0002 and R0005 corrected, R0011 and R0012 new; then R0002 (updated),
+    # R0007 (unchanged) and R0011 (inserted) turn out repeated later in the file.
+    after = pl.concat([before, lab_rows(12).slice(10, 2)]).with_columns(
+        pl.when(pl.col("record_id").is_in(["R0002", "R0005"]))
+        .then(pl.lit("corrected"))
+        .otherwise(pl.col("result_value"))
+        .alias("result_value")
+    )
+    rows = streamed(target, after, MERGE, chunk=5)
+    rows.drop_keys(["R0002", "R0007", "R0011"], rows=3)
+    with caplog.at_level(logging.INFO):
+        done = load(target, rows)
+    assert FELL_BACK not in caplog.text
+    counts = done.result
+    assert (done.rows_sent, counts.rows_inserted, counts.rows_updated) == (9, 1, 1)
+    assert (counts.rows_unchanged, counts.rows_confirmed) == (7, 9)
+    now = {row[0]: row for row in fetch(postgres_url, snapshot)}
+    was = {row[0]: row for row in loaded}
+    assert now["R0002"] == was["R0002"]  # put back exactly, its lineage too
+    assert now["R0007"] == was["R0007"]
+    assert "R0011" not in now
+    assert now["R0005"][1:3] == ("corrected", counts.load_id)
+    assert now["R0012"][2] == counts.load_id
+    assert first.result.load_id == was["R0001"][2] == now["R0001"][2]

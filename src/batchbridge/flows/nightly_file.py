@@ -22,6 +22,7 @@ from batchbridge.connectors.targets.loading import (
     load_into_targets,
     open_early_stages,
 )
+from batchbridge.connectors.targets.postgres_early import MergeScope
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import BatchbridgeError, FileRejectedError
 from batchbridge.flows.feed_run import FeedRun, archive_remote, feed_staging_dir, snapshot_scope
@@ -115,10 +116,15 @@ def process_file(
         )
         # Decrypt, parse, validate and transform run interleaved, chunk by chunk; their
         # seconds are summed per part. Nothing is recorded until the signature is good.
-        # The PostgreSQL targets COPY the chunks into their stage as they come. When they
-        # are all the targets, the rows are not spilled: only a failed stage needs them
-        # again, and then they are made again from the file.
-        early = open_early_stages(run.target_columns, natural_key=run.schema.natural_key)
+        # The PostgreSQL targets COPY the chunks into their stage as they come and, unless
+        # the feed is a full snapshot (its load marks absent records at the end), upsert
+        # them there and then, in the transaction the load commits. When they are all
+        # the targets, the rows are not spilled: only a failed stage needs them again,
+        # and then they are made again from the file.
+        scope = None if config.full_snapshot else MergeScope(run.tenant, claim.file_id)
+        early = open_early_stages(
+            run.target_columns, natural_key=run.schema.natural_key, scope=scope
+        )
         replay = len(early) == len(run.target_columns)
         try:
             with progress.stage(remote.name, "stream"):

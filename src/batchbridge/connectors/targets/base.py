@@ -27,6 +27,8 @@ class StagedRows(Protocol):
     """Rows a target began staging while the file was still read (targets.early_stage)."""
 
     target: str
+    load_id: str | None
+    """The load id the staged rows carry already, if they were upserted as they came."""
 
 
 @dataclass(frozen=True)

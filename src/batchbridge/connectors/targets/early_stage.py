@@ -16,43 +16,26 @@ unusable, and the load then runs as it did before, from the spill, with its retr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import polars as pl
 import psycopg
 from psycopg.rows import TupleRow
-from pydantic import SecretStr
 
-from batchbridge.connectors.targets.base import LoadRequest, LoadResult
 from batchbridge.connectors.targets.postgres_driver import (
     CopySession,
-    csv_ready,
-    error_detail,
-    postgres_type,
     write_copy_csv,
 )
-from batchbridge.connectors.targets.rows import check_load_request
 from batchbridge.connectors.targets.sql_plan import (
-    RESERVED_COLUMNS,
-    STAGE_TABLE,
-    Params,
-    SqlPlan,
-    SqlStatements,
-    idents,
     quote,
 )
-from batchbridge.connectors.targets.sql_target import Phase
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import TargetError
-from batchbridge.validations.base import ROW_COLUMN
 from batchbridge.validations.keys_seen import key_hashes
-from batchbridge.validations.transform import select_target_columns
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +55,8 @@ class StagedSession:
     session: CopySession
     rows: int
     dropped_keys: list[str]
+    dropped_rows: int
+    """Staged rows whose key is dropped."""
 
 
 class EarlyStage:
@@ -80,8 +65,9 @@ class EarlyStage:
     `connect` opens the connection (not autocommit: the stage lives in the transaction
     it starts); `prepare` turns a transformed chunk into the frame to COPY (the target's
     columns, checked, CSV-ready); `begin` creates the stage for the first prepared chunk
-    and returns the COPY statement. `take` ends the COPY and hands the open transaction
-    to the load; `close` abandons it (rolled back).
+    and returns the COPY statement, run once per chunk; `after_chunk`, if given, runs
+    after each chunk's COPY (a stage that upserts as it goes). `take` waits for the last
+    chunk and hands the open transaction to the load; `close` abandons it (rolled back).
     """
 
     def __init__(
@@ -93,8 +79,13 @@ class EarlyStage:
         prepare: Callable[[pl.DataFrame], pl.DataFrame],
         begin: Callable[[Cursor, pl.DataFrame], str],
         copy_batch_rows: int,
+        after_chunk: Callable[[CopySession], None] | None = None,
+        load_id: str | None = None,
     ) -> None:
         self.target = target
+        self.load_id = load_id
+        """The load id the rows carry already (a stage that upserts as it goes), or None."""
+        self._after_chunk = after_chunk
         self._key = key
         self._connect, self._prepare, self._begin = connect, prepare, begin
         self._copy_batch_rows = copy_batch_rows
@@ -102,7 +93,7 @@ class EarlyStage:
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
         self._session: CopySession | None = None
-        self._writer: psycopg.Copy | None = None
+        self._statement = ""
         self._rows = 0
         self._hashes: list[pl.Series] = []  # of every staged key, to check them unique
         self._dropped: list[str] = []
@@ -145,39 +136,31 @@ class EarlyStage:
             self._unusable = "keys repeat across chunks"
         if self._unusable is not None or self._conn is None or self._session is None:
             if self._unusable is not None:
-                logger.info("target %s: loading from the spill (%s)", self.target, self._unusable)
+                logger.info(
+                    "target %s: falling back to the ordinary load (%s)", self.target, self._unusable
+                )
             self._discard()
             return None
         conn, session = self._conn, self._session
         self._conn = self._session = None  # the load owns the transaction now
-        return StagedSession(conn, session, self._rows, list(self._dropped))
+        return StagedSession(conn, session, self._rows, list(self._dropped), self.dropped_rows)
 
     # -- the COPY thread --------------------------------------------------------------
 
     def _copy_chunks(self) -> None:
-        with contextlib.ExitStack() as copying:
-            while True:
-                item = self._queue.get()
-                if item is _END:
-                    break
-                if self._unusable is not None:
-                    continue  # keep draining so `offer` never waits on a dead stage
-                assert isinstance(item, pl.DataFrame)
-                try:
-                    self._copy_one(item, copying)
-                except (psycopg.Error, TargetError) as exc:
-                    self._unusable = f"staging while streaming failed: {type(exc).__name__}"
-                except Exception as exc:  # never let a bug here decide a load
-                    self._unusable = f"staging while streaming failed: {type(exc).__name__}"
-            if self._unusable is None and self._session is not None:
-                try:
-                    copying.close()  # ends the COPY: the server has every row
-                except psycopg.Error as exc:
-                    self._unusable = f"ending the COPY failed: {type(exc).__name__}"
-            else:
-                copying.pop_all()  # the connection is discarded, COPY and all
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if self._unusable is not None:
+                continue  # keep draining so `offer` never waits on a dead stage
+            assert isinstance(item, pl.DataFrame)
+            try:
+                self._copy_one(item)
+            except Exception as exc:  # never let anything here decide a load
+                self._unusable = f"staging while streaming failed: {type(exc).__name__}"
 
-    def _copy_one(self, frame: pl.DataFrame, copying: contextlib.ExitStack) -> None:
+    def _copy_one(self, frame: pl.DataFrame) -> None:
         ready = self._prepare(frame)
         keys = ready.get_column(self._key)
         if keys.dtype != pl.String or not bool((keys == keys.str.strip_chars()).all()):
@@ -186,16 +169,25 @@ class EarlyStage:
         if self._session is None:
             self._conn = self._connect()
             cur = self._conn.cursor()
-            statement = self._begin(cur, ready)
+            self._statement = self._begin(cur, ready)
             crash_point("before_early_copy")
             self._session = CopySession(cur, self._copy_batch_rows)
-            self._writer = copying.enter_context(cur.copy(statement))
-        assert self._writer is not None
-        for offset in range(0, ready.height, self._copy_batch_rows):
-            write_copy_csv(self._writer, ready.slice(offset, self._copy_batch_rows))
-            crash_point("mid_early_copy")
+        with self._session.cur.copy(self._statement) as copy:
+            for offset in range(0, ready.height, self._copy_batch_rows):
+                write_copy_csv(copy, ready.slice(offset, self._copy_batch_rows))
+                crash_point("mid_early_copy")
+        if self._after_chunk is not None:
+            self._after_chunk(self._session)
         self._rows += ready.height
         self._hashes.append(key_hashes(keys))
+
+    @property
+    def dropped_rows(self) -> int:
+        """How many staged rows have a dropped key (by hash: see `_keys_unique`)."""
+        if not self._hashes or not self._dropped:
+            return 0
+        dropped = key_hashes(pl.Series(self._dropped, dtype=pl.String))
+        return int(pl.concat(self._hashes).is_in(dropped).sum())
 
     def _keys_unique(self) -> bool:
         """Whether the staged keys, less the dropped ones, are unique (64-bit hashes).
@@ -228,111 +220,6 @@ class EarlyStage:
                 conn.close()  # an open transaction is rolled back
             except psycopg.Error:
                 logger.debug("target %s: closing the early stage's connection failed", self.target)
-
-
-class EarlyStaging(ABC):
-    """What PostgresTarget adds for early stages: open one, and finish a load from it."""
-
-    name: str
-    sql: SqlStatements
-    columns: tuple[str, ...]
-    copy_batch_rows: int
-    _conninfo: SecretStr
-
-    @abstractmethod
-    def _table_oid(self, cur: Cursor) -> int | None: ...
-
-    @abstractmethod
-    def _set_work_mem(self, cur: Cursor) -> None: ...
-
-    @abstractmethod
-    def _ensure_table(self, cur: Cursor, plan: SqlPlan) -> None: ...
-
-    @abstractmethod
-    def _merge_stage(
-        self,
-        session: CopySession,
-        phase: Phase,
-        plan: SqlPlan,
-        params: Params,
-        load_id: str,
-        *,
-        keys_checked: bool = False,
-    ) -> LoadResult: ...
-
-    def open_early_stage(self, natural_key: Sequence[str], columns: Sequence[str]) -> EarlyStage:
-        """A stage for a streamed file's rows that fills while the file is read (early_stage).
-
-        `columns` are the target's columns as `load_into_targets` selects them.
-        """
-        keys = tuple(natural_key)
-        template = LoadRequest(
-            tenant="", natural_key=keys, load_id="", file_id="", rows=pl.DataFrame()
-        )
-
-        def prepare(frame: pl.DataFrame) -> pl.DataFrame:
-            one = replace(
-                template, rows=select_target_columns(frame, natural_key=keys, columns=columns)
-            )
-            checked = check_load_request(self.name, one, self.columns, RESERVED_COLUMNS)
-            return csv_ready(checked.frame)
-
-        def begin(cur: Cursor, ready: pl.DataFrame) -> str:
-            self._set_work_mem(cur)
-            data = [c for c in ready.columns if c not in keys and c != ROW_COLUMN]
-            staged = (*keys, *data, "source_row")
-            if self._table_oid(cur) is None:
-                # The load creates the table with these same types (sql_plan.create_table).
-                types = [postgres_type(c, ready.schema[c]) for c in (*keys, *data)]
-                cur.execute(stage_ddl(STAGE_TABLE, staged, [*types, "integer"]))
-            else:
-                cur.execute(self.sql.create_stage(staged))
-            return f"COPY {self.sql.stage} ({idents(staged)}) FROM STDIN (FORMAT csv)"
-
-        return EarlyStage(
-            self.name,
-            key=keys[0],
-            connect=lambda: psycopg.connect(self._conninfo.get_secret_value()),
-            prepare=prepare,
-            begin=begin,
-            copy_batch_rows=self.copy_batch_rows,
-        )
-
-    def _finish_early_stage(
-        self, staged: StagedSession, plan: SqlPlan, params: Params, load_id: str
-    ) -> LoadResult | None:
-        """Upsert from a stage filled while streaming and commit; None: load from the spill.
-
-        Any failure falls back to the ordinary load, which is idempotent: even a commit
-        whose outcome was lost only makes that load find its rows unchanged.
-        """
-        phase = Phase("prepare table")
-        try:
-            self._ensure_table(staged.session.cur, plan)
-            rows = staged.rows
-            if staged.dropped_keys:
-                phase.name = "drop repeated keys from staging"
-                rows -= staged.session.execute(
-                    self.sql.delete_staged(plan.keys[0]), {"keys": staged.dropped_keys}
-                )
-            if rows != plan.sent:
-                raise TargetError(f"staged {rows} rows, the load has {plan.sent}")
-            done = self._merge_stage(
-                staged.session, phase, plan, params, load_id, keys_checked=True
-            )
-            staged.conn.commit()
-            staged.conn.close()
-            return done
-        except (psycopg.Error, TargetError) as exc:
-            detail = error_detail(exc) if isinstance(exc, psycopg.Error) else str(exc)
-            logger.info(
-                "target %s: the stage filled while streaming failed at %s (%s); "
-                "loading from the spill instead",
-                self.name, phase.name, detail,
-            )  # fmt: skip
-            with contextlib.suppress(psycopg.Error):
-                staged.conn.close()
-            return None
 
 
 def stage_ddl(stage: str, columns: Sequence[str], types: Sequence[str]) -> str:

@@ -18,7 +18,8 @@ from batchbridge.connectors.targets.base import (
     StagedRows,
     Target,
 )
-from batchbridge.connectors.targets.early_stage import EarlyStage, EarlyStaging
+from batchbridge.connectors.targets.early_stage import EarlyStage
+from batchbridge.connectors.targets.postgres_early import EarlyStaging, MergeScope
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import ReconciliationError, withhold_unexpected_errors
 from batchbridge.ledger.run_report import TargetCounts
@@ -116,10 +117,12 @@ def load_into_targets(
             whole, chunks = selected(rows.shape), _Selected(rows, selected)
         else:
             whole = selected(rows.collect())  # a target that needs every row at once
+        stage = (staged or {}).get(target.name) if chunks is not None else None
         request = LoadRequest(
             tenant=tenant,
             natural_key=natural_key,
-            load_id=str(uuid.uuid4()),
+            # A stage that upserted as the rows came wrote its load id into them already.
+            load_id=(stage.load_id if stage is not None else None) or str(uuid.uuid4()),
             file_id=file_id,
             rows=whole,
             feed=feed,
@@ -127,7 +130,7 @@ def load_into_targets(
             full_snapshot=full_snapshot,
             kept_keys=kept_keys,
             chunks=chunks,
-            staged=(staged or {}).get(target.name) if chunks is not None else None,
+            staged=stage,
         )
         started = time.perf_counter()
         result = load(target, request)
@@ -143,11 +146,17 @@ def load_into_targets(
 
 
 def open_early_stages(
-    targets: Sequence[tuple[Target, Sequence[str]]], *, natural_key: tuple[str, ...]
+    targets: Sequence[tuple[Target, Sequence[str]]],
+    *,
+    natural_key: tuple[str, ...],
+    scope: MergeScope | None = None,
 ) -> dict[str, EarlyStage]:
-    """An early stage (targets.early_stage) for each target that can stage while streaming."""
+    """An early stage (targets.postgres_early) for each target that can stage while streaming.
+
+    With `scope` (not for full-snapshot feeds) the stages upsert as the chunks come.
+    """
     return {
-        target.name: target.open_early_stage(natural_key, columns)
+        target.name: target.open_early_stage(natural_key, columns, scope)
         for target, columns in targets
         if isinstance(target, EarlyStaging)
     }

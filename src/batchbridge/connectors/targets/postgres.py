@@ -20,7 +20,6 @@ from pydantic import SecretStr
 
 from batchbridge.connectors.retry import RetryPolicy, call_with_retries
 from batchbridge.connectors.targets.base import CANARY_TABLE, LoadRequest, LoadResult
-from batchbridge.connectors.targets.early_stage import EarlyStage, EarlyStaging
 from batchbridge.connectors.targets.postgres_driver import (
     POSTGRES,
     CopySession,
@@ -30,6 +29,7 @@ from batchbridge.connectors.targets.postgres_driver import (
     libpq_conninfo,
     postgres_type,
 )
+from batchbridge.connectors.targets.postgres_early import EarlyStaging, PostgresEarlyStage
 from batchbridge.connectors.targets.sql_plan import (
     LINEAGE_COLUMNS,
     TENANT_COLUMN,
@@ -128,10 +128,11 @@ class PostgresTarget(EarlyStaging, SqlTarget[CopySession]):
         """
         plan = plan_load(self.name, request, self.columns, prepare=csv_ready)
         params = {"tenant": request.tenant, "load_id": request.load_id, "file_id": request.file_id}
-        if isinstance(request.staged, EarlyStage) and request.staged.target == self.name:
-            staged = request.staged.take()
+        stage = request.staged
+        if isinstance(stage, PostgresEarlyStage) and stage.target == self.name:
+            staged = stage.take()
             if staged is not None:
-                done = self._finish_early_stage(staged, plan, params, request.load_id)
+                done = self._finish_early_stage(stage, staged, plan, params, request.load_id)
                 if done is not None:
                     return done
 
@@ -286,19 +287,24 @@ class PostgresTarget(EarlyStaging, SqlTarget[CopySession]):
         load_id: str,
         *,
         keys_checked: bool = False,
+        merged: tuple[int, int, int] | None = None,
     ) -> LoadResult:
         """Upsert the staged rows, confirm them, mark absent ones (snapshots); not committed.
 
-        `keys_checked`: the staged keys are known unique already (an early stage's check).
+        `keys_checked`: the staged keys are known unique already (an early stage's check);
+        `merged`: they were upserted and confirmed already (inserted, updated, confirmed).
         """
         if not keys_checked:
             phase.name = "check keys unique"
             refuse_repeated_keys(session, self.sql, plan, self.name)
         crash_point("after_copy_before_upsert")
-        phase.name = "upsert"
-        inserted, updated = self._upsert(session.cur, plan, params)
-        phase.name = "confirm"
-        confirmed = session.count(self.sql.count_present(plan.keys), params)
+        if merged is None:
+            phase.name = "upsert"
+            inserted, updated = self._upsert(session.cur, plan, params)
+            phase.name = "confirm"
+            confirmed = session.count(self.sql.count_present(plan.keys), params)
+        else:
+            inserted, updated, confirmed = merged
         inactivated = 0
         if plan.snapshot:
             phase.name = "mark absent records inactive"
