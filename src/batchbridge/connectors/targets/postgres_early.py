@@ -4,10 +4,10 @@ Two kinds (targets.early_stage has the thread that feeds them):
 - **upsert as it goes** (`scope` given: tenant and file known, the feed is not a full
   snapshot): each chunk is COPYed into a small temp table and upserted into the target
   right away, in the one transaction the load commits at the end. Rows whose key
-  turns out repeated at the end were upserted already: the rows they changed are kept
-  as they were (`pre_images`) before each upsert, so the load can put those back and
-  delete the ones they inserted. PostgreSQL does the upserts on the other core while
-  the next chunk is validated, and no stage of the whole file is ever written.
+  turns out repeated at the end were upserted already: the load deletes what they
+  inserted and puts back what they updated (`_undo_dropped`). PostgreSQL does the
+  upserts on the other core while the next chunk is validated, and no stage of the
+  whole file is ever written.
 - **stage only**: the chunks are COPYed into one temp stage and the load upserts it at
   the end (full-snapshot feeds, whose load also marks the absent records).
 
@@ -58,8 +58,6 @@ from batchbridge.validations.transform import select_target_columns
 logger = logging.getLogger(__name__)
 
 Cursor = psycopg.Cursor[TupleRow]
-
-PRE_IMAGES = "_batchbridge_pre_images"
 
 
 @dataclass(frozen=True)
@@ -197,52 +195,57 @@ class EarlyStaging(ABC):
             self._ensure_table(cur, plan)
             cur.connection.commit()
         self._set_work_mem(cur)
+        # Each chunk's confirmation matches its keys against the whole table:
+        # index probes, not a hash of the table per chunk (the temp stage has no
+        # statistics, so the planner cannot tell on its own).
+        cur.execute("SELECT set_config('enable_hashjoin', 'off', true)")
+        cur.execute("SELECT set_config('enable_mergejoin', 'off', true)")
         self._ensure_table(cur, plan)  # its columns, checked in this transaction
         cur.execute(self.sql.create_stage(plan.staged))
-        cur.execute(f"CREATE TEMP TABLE {quote(PRE_IMAGES)} (LIKE {self.sql.table}) ON COMMIT DROP")
         return f"COPY {self.sql.stage} ({idents(plan.staged)}) FROM STDIN (FORMAT csv)"
 
     def _upsert_chunk(self, session: CopySession, merged: _Merged) -> None:
-        """Keep what the chunk's upsert will change, upsert it, confirm it, empty the stage."""
+        """Upsert the chunk, confirm it, empty the stage."""
         plan, params = merged.plan, merged.params
-        session.execute(self._keep_pre_images(plan), params)
         inserted, updated = self._upsert(session.cur, plan, params)
         merged.inserted += inserted
         merged.updated += updated
         merged.confirmed += session.count(self.sql.count_present(plan.keys), params)
         session.execute(f"TRUNCATE {self.sql.stage}")
 
-    def _keep_pre_images(self, plan: SqlPlan) -> str:
-        """Copy the target rows the upsert is about to update (the same WHERE) aside."""
-        on = " AND ".join(
-            ["t.tenant = %(tenant)s", *(f"t.{quote(k)} = s.{quote(k)}" for k in plan.keys)]
-        )
-        differs = (
-            f" WHERE ({idents(plan.data, 't.')}) IS DISTINCT FROM ({idents(plan.data, 's.')})"
-            if plan.data
-            else " WHERE false"
-        )
-        return (
-            f"INSERT INTO pg_temp.{quote(PRE_IMAGES)} SELECT t.* FROM {self.sql.table} AS t "
-            f"JOIN {self.sql.stage} AS s ON {on}{differs}"
-        )
-
     def _undo_dropped(self, session: CopySession, staged: StagedSession, merged: _Merged) -> None:
-        """Take back what the upserts did for keys found repeated at the end."""
-        key = quote(merged.plan.keys[0])
+        """Take back what the upserts did for keys found repeated at the end.
+
+        Rows carrying this load's id were inserted or updated by it: they are deleted,
+        and those it updated are put back as they were. What they were is the committed
+        state, which any other transaction still sees; nobody can have changed it since,
+        as this transaction holds the rows' locks.
+        """
+        table, key = self.sql.table, quote(merged.plan.keys[0])
         params = {**merged.params, "keys": staged.dropped_keys}
-        deleted = session.execute(
-            f"DELETE FROM {self.sql.table} WHERE tenant = %(tenant)s "
-            f"AND {key} = ANY(%(keys)s) AND load_id = %(load_id)s",
+        session.cur.execute(
+            f"DELETE FROM {table} WHERE tenant = %(tenant)s "
+            f"AND {key} = ANY(%(keys)s) AND load_id = %(load_id)s RETURNING {key}",
             params,
         )
-        restored = session.execute(
-            f"INSERT INTO {self.sql.table} SELECT * FROM pg_temp.{quote(PRE_IMAGES)} "
-            f"WHERE {key} = ANY(%(keys)s)",
-            params,
-        )
+        deleted = [row[0] for row in session.cur.fetchall()]
+        restored = 0
+        if deleted:
+            with psycopg.connect(self._conninfo.get_secret_value(), autocommit=True) as other:
+                cur = other.execute(
+                    f"SELECT * FROM {table} WHERE tenant = %(tenant)s AND {key} = ANY(%(keys)s)",
+                    {**params, "keys": deleted},
+                )
+                columns = [column.name for column in cur.description or ()]
+                before = cur.fetchall()
+            if before:
+                values = ", ".join(["%s"] * len(columns))
+                session.cur.executemany(
+                    f"INSERT INTO {table} ({idents(columns)}) VALUES ({values})", before
+                )
+            restored = len(before)
         merged.updated -= restored
-        merged.inserted -= deleted - restored
+        merged.inserted -= len(deleted) - restored
         merged.confirmed -= staged.dropped_rows
 
     # -- the load ------------------------------------------------------------------------
