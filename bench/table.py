@@ -214,7 +214,9 @@ def print_ratios(floors: Floors, runs: list[RunFigures]) -> None:
     print(
         "  (quarantine and archive have no floor: small, and nothing outside does the same work;"
         "\n   decrypt is the wait for gpg's next block, gpg running meanwhile: it can be"
-        " below 1x)"
+        " below 1x;\n   PostgreSQL targets COPY and upsert each chunk while the file streams"
+        " (early stages):\n   their time is in the stream's, the load is what is left"
+        " after it)"
     )
 
 

@@ -35,7 +35,7 @@ from batchbridge.connectors.targets.sql_plan import (
 )
 from batchbridge.crashpoints import crash_point
 from batchbridge.errors import TargetError
-from batchbridge.validations.keys_seen import key_hashes
+from batchbridge.validations.keys_seen import KeysSeen, key_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class EarlyStage:
         self._session: CopySession | None = None
         self._statement = ""
         self._rows = 0
-        self._hashes: list[pl.Series] = []  # of every staged key, to check them unique
+        self._keys = KeysSeen()  # hashes of every staged key, to check them unique
+        self._repeats = False
         self._dropped: list[str] = []
         self._unusable: str | None = None
         self._ended = False
@@ -179,29 +180,28 @@ class EarlyStage:
         if self._after_chunk is not None:
             self._after_chunk(self._session)
         self._rows += ready.height
-        self._hashes.append(key_hashes(keys))
+        hashes = key_hashes(keys)
+        # Within a chunk the keys are unique (prepare refuses others); across chunks,
+        # a hash seen before is a repeat, or a collision (see `_keys_unique`).
+        self._repeats = self._repeats or bool(self._keys.seen(hashes).any())
+        self._keys.add(hashes)
 
     @property
     def dropped_rows(self) -> int:
         """How many staged rows have a dropped key (by hash: see `_keys_unique`)."""
-        if not self._hashes or not self._dropped:
+        if not self._dropped:
             return 0
-        dropped = key_hashes(pl.Series(self._dropped, dtype=pl.String))
-        return int(pl.concat(self._hashes).is_in(dropped).sum())
+        return int(self._keys.seen(key_hashes(pl.Series(self._dropped, dtype=pl.String))).sum())
 
     def _keys_unique(self) -> bool:
-        """Whether the staged keys, less the dropped ones, are unique (64-bit hashes).
+        """Whether the staged keys are unique, by their 64-bit hashes.
 
-        The load then need not group the whole stage by key to prove it. Equal hashes
-        (a repeat, or a collision) send the load down the ordinary path, which checks
-        exactly: a repeat can never pass, a collision only costs time.
+        The load then need not group the whole stage by key to prove it. (A dropped
+        key's later copies were held back, never staged.) Equal hashes (a repeat, or a
+        collision) send the load down the ordinary path, which checks exactly: a
+        repeat can never pass, a collision only costs time.
         """
-        if not self._hashes:
-            return True
-        hashes = pl.concat(self._hashes)
-        if self._dropped:
-            hashes = hashes.filter(~hashes.is_in(key_hashes(pl.Series(self._dropped))))
-        return hashes.n_unique() == hashes.len()
+        return not self._repeats
 
     def _end_copy(self) -> None:
         if self._ended:
