@@ -106,12 +106,6 @@ class BenchEnv:
         path.write_text(yaml.safe_dump(feed, sort_keys=False), encoding="utf-8")
 
 
-WAREHOUSE_SETTINGS = {"shared_buffers": "1GB", "max_wal_size": "4GB"}
-"""A warehouse set up for bulk loads, not PostgreSQL's toy defaults (128 MB of buffers,
-a checkpoint every 1 GB of WAL): a 10M-row file otherwise spends its time evicting
-index pages and checkpointing. The floors are measured on the same server."""
-
-
 @contextmanager
 def bench_environment(workdir: Path, engine: str, setup: Setup) -> Iterator[BenchEnv]:
     """Start sshd, PostgreSQL and a Prefect server and build the scenario; stop them after."""
@@ -133,7 +127,7 @@ def bench_environment(workdir: Path, engine: str, setup: Setup) -> Iterator[Benc
             sshd = start_sshd(workdir / "sshd")
             stack.callback(sshd.stop)
         with setup.timed("PostgreSQL start"):
-            postgres = start_postgres(workdir / "pg", settings=WAREHOUSE_SETTINGS)
+            postgres = start_postgres(workdir / "pg")
             stack.callback(postgres.stop)
         with setup.timed("scenario (keys, YAML)"):
             endpoint = sshd.endpoint(sshd.root / "outbound")

@@ -118,8 +118,6 @@ class PostgresServer(StopsOnExit):
     run_as: str | None
     host: str = "127.0.0.1"
     user: str = "postgres"
-    settings: dict[str, str] = field(default_factory=dict)
-    """Server settings beyond the test defaults (`-c name=value`)."""
     _finalizer: weakref.finalize[..., PostgresServer] | None = field(default=None, repr=False)
 
     @property
@@ -187,7 +185,6 @@ class PostgresServer(StopsOnExit):
                 "-c fsync=off",
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
-                *(f"-c {name}={shlex.quote(value)}" for name, value in self.settings.items()),
             ]
         )
         result = _run(
@@ -328,9 +325,7 @@ def _choose_root(workdir: Path, run_as: pwd.struct_passwd | None) -> Path:
     return Path(tempfile.mkdtemp(prefix="batchbridge-pg-", dir=base))
 
 
-def start_postgres(
-    workdir: Path, *, port: int | None = None, settings: dict[str, str] | None = None
-) -> PostgresServer:
+def start_postgres(workdir: Path, *, port: int | None = None) -> PostgresServer:
     """initdb a fresh cluster and start it on 127.0.0.1 (trust auth, user `postgres`).
 
     As root, initdb and the server run as the `postgres` OS user (PostgreSQL refuses
@@ -355,13 +350,7 @@ def start_postgres(
         for path in (root, root / "sock"):
             os.chown(path, run_as_user.pw_uid, run_as_user.pw_gid)
 
-    server = PostgresServer(
-        bindir=bindir,
-        root=root,
-        port=port or _free_port(),
-        run_as=run_as,
-        settings=dict(settings or {}),
-    )
+    server = PostgresServer(bindir=bindir, root=root, port=port or _free_port(), run_as=run_as)
     # Registered before anything starts so a crash midway still cleans up at exit.
     server._finalizer = weakref.finalize(server, _shutdown, bindir, run_as, root)
     try:
