@@ -25,6 +25,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import polars as pl
 import psycopg
@@ -222,22 +223,20 @@ class EarlyStaging(ABC):
         as this transaction holds the rows' locks.
         """
         table, key = self.sql.table, quote(merged.plan.keys[0])
-        params = {**merged.params, "keys": staged.dropped_keys}
-        session.cur.execute(
-            f"DELETE FROM {table} WHERE tenant = %(tenant)s "
-            f"AND {key} = ANY(%(keys)s) AND load_id = %(load_id)s RETURNING {key}",
-            params,
+        where = f"tenant = %(tenant)s AND {key} = %(key)s"
+        deleted, _ = _each_returning(
+            session.cur,
+            f"DELETE FROM {table} WHERE {where} AND load_id = %(load_id)s RETURNING {key}",
+            [{**merged.params, "key": value} for value in staged.dropped_keys],
         )
-        deleted = [row[0] for row in session.cur.fetchall()]
         restored = 0
         if deleted:
             with psycopg.connect(self._conninfo.get_secret_value(), autocommit=True) as other:
-                cur = other.execute(
-                    f"SELECT * FROM {table} WHERE tenant = %(tenant)s AND {key} = ANY(%(keys)s)",
-                    {**params, "keys": deleted},
+                before, columns = _each_returning(
+                    other.cursor(),
+                    f"SELECT * FROM {table} WHERE {where}",
+                    [{**merged.params, "key": row[0]} for row in deleted],
                 )
-                columns = [column.name for column in cur.description or ()]
-                before = cur.fetchall()
             if before:
                 values = ", ".join(["%s"] * len(columns))
                 session.cur.executemany(
@@ -301,3 +300,22 @@ class EarlyStaging(ABC):
             with contextlib.suppress(psycopg.Error):
                 staged.conn.close()
             return None
+
+
+def _each_returning(
+    cur: Cursor, statement: str, params: list[dict[str, object]]
+) -> tuple[list[Any], list[str]]:
+    """Run `statement` once per parameter set (pipelined); the rows it returned, its columns.
+
+    One key at a time, on purpose: with the key in an array, a table filled in this
+    very transaction (no statistics yet) got a plan reading every row of the tenant.
+    """
+    if not params:
+        return [], []
+    cur.executemany(statement, params, returning=True)
+    columns = [column.name for column in cur.description or ()]
+    rows: list[Any] = []
+    while True:
+        rows.extend(cur.fetchall())
+        if not cur.nextset():
+            return rows, columns
