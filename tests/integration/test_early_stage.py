@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import date
-from typing import Any, LiteralString
+from typing import Any
 
 import polars as pl
 import psycopg
@@ -32,7 +32,14 @@ from batchbridge.validations.base import TransformContext, ValidationContext
 from batchbridge.validations.schemas.lab_results import LAB_RESULTS
 from batchbridge.validations.stream import stream_file
 from batchbridge.validations.transformed_rows import TransformedRows
-from tests.integration.test_postgres_target import COLUMNS, KEY, fast_target, lab_rows, libpq
+from tests.integration.test_postgres_target import (
+    COLUMNS,
+    KEY,
+    fast_target,
+    fetch,
+    lab_rows,
+    libpq,
+)
 from tests.support.plaintext_source import BytesPlaintext
 
 FILE_DATE = date(2026, 3, 1)
@@ -61,11 +68,6 @@ def scope(request: pytest.FixtureRequest) -> MergeScope | None:
 def target(postgres_url: str) -> Iterator[PostgresTarget]:
     with fast_target(postgres_url) as t:
         yield t
-
-
-def fetch(url: str, query: LiteralString) -> list[tuple[Any, ...]]:
-    with psycopg.connect(libpq(url)) as conn:
-        return conn.execute(query).fetchall()
 
 
 def streamed(
@@ -111,6 +113,16 @@ def stage_backends(url: str) -> list[tuple[Any, ...]]:
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
         "AND application_name = 'batchbridge' AND state <> 'idle'",
     )
+
+
+def kill_stage_connection(url: str) -> None:
+    """Terminate the early stage's backend (waits for it to connect)."""
+    deadline = time.monotonic() + 10
+    while not (backends := stage_backends(url)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert backends, "the early stage never connected"
+    with psycopg.connect(libpq(url), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", backends[0])
 
 
 def test_staged_rows_load_like_the_ordinary_path(
@@ -170,12 +182,7 @@ def test_a_stage_whose_connection_dies_falls_back_to_the_ordinary_load(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rows = streamed(target, lab_rows(10), scope)
-    deadline = time.monotonic() + 10
-    while not (backends := stage_backends(postgres_url)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert backends, "the early stage never connected"
-    with psycopg.connect(libpq(postgres_url), autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", backends[0])
+    kill_stage_connection(postgres_url)
     with caplog.at_level(logging.INFO):
         done = load(target, rows)
     assert FELL_BACK in caplog.text
@@ -217,10 +224,7 @@ def test_a_failed_stage_loads_rows_made_again_from_the_file(
         source.open, FormatConfig(), LAB_RESULTS, VCTX, transform_lab,
         chunk_bytes=4000, sinks=list(stages.values()), replay=True,
     )  # fmt: skip
-    backends = stage_backends(postgres_url)
-    assert backends, "the early stage never connected"
-    with psycopg.connect(libpq(postgres_url), autocommit=True) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", backends[0])
+    kill_stage_connection(postgres_url)
     with caplog.at_level(logging.INFO):
         [done] = load_into_targets(
             [(target, LAB_TARGET_COLUMNS)], tenant="acme_lab", natural_key=KEY,

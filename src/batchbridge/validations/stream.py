@@ -174,11 +174,11 @@ def stream_file(
     shape = transform(_concat([], schema, with_reasons=False))
     transformed = TransformedRows(schema.natural_key[0], shape, spill, sinks, replay=replay)
     try:
-        streamed = _stream(
-            open_plaintext, fmt, schema, ctx, transform,
-            transformed=transformed, chunk_bytes=chunk_bytes,
-            raw_tail=RawTail(None if spill_path is None else spill_path.with_suffix(".raw")),
-        )  # fmt: skip
+        with RawTail(None if spill_path is None else spill_path.with_suffix(".raw")) as tail:
+            streamed = _stream(
+                open_plaintext, fmt, schema, ctx, transform,
+                transformed=transformed, chunk_bytes=chunk_bytes, raw_tail=tail,
+            )  # fmt: skip
     except BaseException:
         transformed.close()
         raise
@@ -217,24 +217,6 @@ def replayed_rows(
 
 
 def _stream(
-    open_plaintext: OpenPlaintext,
-    fmt: AnyFormatConfig,
-    schema: FeedSchema,
-    ctx: ValidationContext,
-    transform: Callable[[pl.DataFrame], pl.DataFrame],
-    *,
-    transformed: TransformedRows,
-    chunk_bytes: int,
-    raw_tail: RawTail,
-) -> StreamedFile:
-    with raw_tail:
-        return _stream_keeping_tail(
-            open_plaintext, fmt, schema, ctx, transform,
-            transformed=transformed, chunk_bytes=chunk_bytes, raw_tail=raw_tail,
-        )  # fmt: skip
-
-
-def _stream_keeping_tail(
     open_plaintext: OpenPlaintext,
     fmt: AnyFormatConfig,
     schema: FeedSchema,

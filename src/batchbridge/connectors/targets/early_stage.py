@@ -125,11 +125,6 @@ class EarlyStage:
 
     # -- what the load calls ----------------------------------------------------------
 
-    @property
-    def unusable(self) -> str | None:
-        """Why the stage cannot be used (None: it can, so far)."""
-        return self._unusable
-
     def take(self) -> StagedSession | None:
         """End the COPY; the open transaction holding the stage, or None to load as before."""
         self._end_copy()
